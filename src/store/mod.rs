@@ -1,0 +1,76 @@
+//! What a store must do: keep leases, history and settings, and run a closure in one
+//! transaction. Stores only store and fetch; every rule lives in [`crate::rules`] and the
+//! engine.
+
+pub mod sqlite;
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::error::Result;
+use crate::model::{HistoryEvent, HistoryQuery, Lease, LeaseQuery};
+use crate::path::LeasePath;
+
+/// A backend for the engine.
+///
+/// To ensure correctness, an implementation must guarantee that:
+///
+/// - [`Store::write`] runs its closure in one transaction that is serialisable with every other
+///   write that touches an overlapping path, in this process or any other sharing the data
+///   (SQLite: `BEGIN IMMEDIATE`; a server database: locks taken in
+///   [`StoreTx::lock_paths`]). Either everything the closure wrote commits, or nothing does
+///   (the closure returning `Err` rolls back).
+/// - A write is durable when `write` returns `Ok`: an acknowledged grant survives a crash of
+///   the process.
+/// - [`StoreTx::next_fencing_token`] returns a value strictly greater than every value it
+///   returned before, across restarts.
+/// - `seq` is assigned in insertion order, so that it orders the queue.
+pub trait Store: Send + Sync + 'static {
+    /// Runs `f` in one write transaction and commits if it returns `Ok`.
+    fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&mut dyn StoreTx) -> Result<T>;
+
+    /// Runs `f` in a read-only transaction (a consistent snapshot).
+    fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&mut dyn StoreTx) -> Result<T>;
+
+    /// When other processes may change the data behind this one's back without telling it,
+    /// how often a waiter looks again (at most; the engine adds jitter below it).
+    fn poll_interval(&self) -> Option<Duration>;
+}
+
+/// The operations of one transaction.
+pub trait StoreTx {
+    /// Serialises this transaction with others touching these paths, their ancestors and
+    /// their descendants. Stores whose writes are already serial do nothing.
+    fn lock_paths(&mut self, paths: &[LeasePath]) -> Result<()>;
+    /// The stored settings as `(key, value)`.
+    fn load_settings(&mut self) -> Result<Vec<(String, String)>>;
+    /// Stores one setting, already validated.
+    fn save_setting(&mut self, key: &str, value: &str, now_ms: i64) -> Result<()>;
+    /// Active and pending rows whose path overlaps `path` and whose `expires_at` is after `now_ms`.
+    fn live_overlapping(&mut self, path: &LeasePath, now_ms: i64) -> Result<Vec<Lease>>;
+    /// Active and pending rows of `agent` whose `expires_at` is after `now_ms`.
+    fn live_of_agent(&mut self, agent: &str, now_ms: i64) -> Result<Vec<Lease>>;
+    /// One lease by id.
+    fn lease(&mut self, id: &Uuid) -> Result<Option<Lease>>;
+    /// Inserts a lease and returns the `seq` it was given.
+    fn insert_lease(&mut self, lease: &Lease) -> Result<i64>;
+    /// Writes every field of an existing lease (matched by id).
+    fn update_lease(&mut self, lease: &Lease) -> Result<()>;
+    /// The next fencing token.
+    fn next_fencing_token(&mut self) -> Result<u64>;
+    /// Leases matching `query`; with `include_inactive` false, only those active at `now_ms`.
+    fn query_leases(&mut self, query: &LeaseQuery, path: Option<&LeasePath>, now_ms: i64) -> Result<Vec<Lease>>;
+    /// Active and pending rows whose `expires_at` is at or before `now_ms`.
+    fn due_for_expiry(&mut self, now_ms: i64) -> Result<Vec<Lease>>;
+    /// Appends a history event (its `id` is ignored) and returns it with the id it was given.
+    fn insert_history(&mut self, event: &HistoryEvent) -> Result<HistoryEvent>;
+    /// History events matching `query`.
+    fn query_history(&mut self, query: &HistoryQuery, path: Option<&LeasePath>) -> Result<Vec<HistoryEvent>>;
+    /// Deletes history events older than `before_ms`; returns how many.
+    fn purge_history(&mut self, before_ms: i64) -> Result<u64>;
+}

@@ -1,0 +1,496 @@
+//! The embedded store: one SQLite file in WAL mode, shared safely by every process that opens it.
+//!
+//! Writes take the write lock up front (`BEGIN IMMEDIATE`) and wait on a busy timeout, so two
+//! processes never both decide a path is free. Only this module knows SQL for SQLite; it turns
+//! rows into domain types here and database errors into [`LeaseError::Storage`] in one place.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use uuid::Uuid;
+
+use crate::error::{LeaseError, Result};
+use crate::model::{HistoryEvent, HistoryQuery, Lease, LeaseQuery};
+use crate::path::LeasePath;
+use crate::settings::SETTINGS;
+use crate::store::{Store, StoreTx};
+use crate::time::Timestamp;
+
+/// Migrations, applied in order on open and recorded in `schema_migrations`.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("migrations/0001_init.sql"))];
+
+/// How long a write waits for another process's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a waiter looks at the file again, since other processes do not notify it.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+const LEASE_COLUMNS: &str = "seq, id, file_path, agent_id, mode, status, fencing_token, \
+     created_at, expires_at, ttl_ms, renewal_count, max_renewals, updated_at, reason";
+
+const HISTORY_COLUMNS: &str = "id, lease_id, agent_id, file_path, event_type, status_before, \
+     status_after, renewal_count, fencing_token, event_at, reason";
+
+impl From<rusqlite::Error> for LeaseError {
+    fn from(error: rusqlite::Error) -> Self {
+        LeaseError::storage(format!("sqlite: {error}"))
+    }
+}
+
+/// The SQLite store.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    /// `now_ms` stamps the migration record and the default settings.
+    pub fn open(path: &Path, now_ms: i64) -> Result<SqliteStore> {
+        if let Some(parent) = path.parent() {
+            if !parent.as_os_str().is_empty() && !parent.exists() {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    LeaseError::storage(format!("cannot create {}: {e}", parent.display()))
+                })?;
+            }
+        }
+        let conn = Connection::open(path).map_err(|e| {
+            LeaseError::storage(format!("cannot open {}: {e}", path.display()))
+        })?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // WAL lets readers and one writer work at once across processes; NORMAL sync keeps every
+        // commit safe from a process crash (the WAL is written before COMMIT returns), trading
+        // only the last commits on power loss for speed.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&conn, now_ms)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn run<T, F>(&self, behavior: TransactionBehavior, f: F) -> Result<T>
+    where
+        F: FnOnce(&mut dyn StoreTx) -> Result<T>,
+    {
+        let mut conn = self
+            .conn
+            .lock()
+            .map_err(|_| LeaseError::storage("connection lock poisoned"))?;
+        let tx = conn.transaction_with_behavior(behavior)?;
+        let mut store_tx = SqliteTx { conn: &tx };
+        let value = f(&mut store_tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+}
+
+impl Store for SqliteStore {
+    fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&mut dyn StoreTx) -> Result<T>,
+    {
+        self.run(TransactionBehavior::Immediate, f)
+    }
+
+    fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&mut dyn StoreTx) -> Result<T>,
+    {
+        self.run(TransactionBehavior::Deferred, f)
+    }
+
+    fn poll_interval(&self) -> Option<Duration> {
+        Some(POLL_INTERVAL)
+    }
+}
+
+/// Applies the migrations not yet recorded as successful, under the write lock so that
+/// processes opening a new file at once apply each migration exactly once.
+fn migrate(conn: &Connection, now_ms: i64) -> Result<()> {
+    let latest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+    if schema_is_current(conn, latest)? {
+        return Ok(());
+    }
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    INTEGER PRIMARY KEY,
+             name       TEXT    NOT NULL,
+             applied_at INTEGER NOT NULL,
+             success    INTEGER NOT NULL
+         )",
+    )?;
+    let newest: Option<i64> = conn.query_row(
+        "SELECT max(version) FROM schema_migrations WHERE success = 1",
+        [],
+        |r| r.get(0),
+    )?;
+    if newest.unwrap_or(0) > latest {
+        return Err(LeaseError::storage(format!(
+            "the database has schema version {} but this leasehold knows only up to {latest}; \
+             upgrade leasehold",
+            newest.unwrap_or(0)
+        )));
+    }
+    for (version, name, sql) in MIGRATIONS {
+        let result = apply_migration(conn, *version, name, sql, now_ms);
+        if let Err(error) = result {
+            // The failed migration rolled back; record the failure so it is visible and retried.
+            conn.execute(
+                "INSERT OR REPLACE INTO schema_migrations (version, name, applied_at, success)
+                 VALUES (?1, ?2, ?3, 0)",
+                params![version, name, now_ms],
+            )?;
+            return Err(error);
+        }
+    }
+    let tx = conn.unchecked_transaction()?;
+    for spec in SETTINGS {
+        tx.execute(
+            "INSERT OR IGNORE INTO lease_configs (key, value, description, updated_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![spec.key, spec.default, spec.description, now_ms],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn schema_is_current(conn: &Connection, latest: i64) -> Result<bool> {
+    let has_table: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_table {
+        return Ok(false);
+    }
+    let newest: Option<i64> = conn.query_row(
+        "SELECT max(version) FROM schema_migrations WHERE success = 1",
+        [],
+        |r| r.get(0),
+    )?;
+    let settings: i64 = conn.query_row("SELECT count(*) FROM lease_configs", [], |r| r.get(0))?;
+    Ok(newest == Some(latest) && settings as usize >= SETTINGS.len())
+}
+
+fn apply_migration(conn: &Connection, version: i64, name: &str, sql: &str, now_ms: i64) -> Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = (|| -> Result<()> {
+        let done: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM schema_migrations WHERE version = ?1 AND success = 1",
+            [version],
+            |r| r.get(0),
+        )?;
+        if done {
+            return Ok(());
+        }
+        conn.execute_batch(sql)?;
+        conn.execute(
+            "INSERT OR REPLACE INTO schema_migrations (version, name, applied_at, success)
+             VALUES (?1, ?2, ?3, 1)",
+            params![version, name, now_ms],
+        )?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => conn.execute_batch("COMMIT")?,
+        Err(_) => conn.execute_batch("ROLLBACK")?,
+    }
+    result
+}
+
+struct SqliteTx<'c> {
+    conn: &'c Connection,
+}
+
+fn conversion_error(what: &str, error: impl std::fmt::Display) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Text,
+        format!("bad {what} in database: {error}").into(),
+    )
+}
+
+fn lease_from_row(row: &Row<'_>) -> rusqlite::Result<Lease> {
+    let id: String = row.get(1)?;
+    let mode: String = row.get(4)?;
+    let status: String = row.get(5)?;
+    Ok(Lease {
+        seq: row.get(0)?,
+        id: Uuid::parse_str(&id).map_err(|e| conversion_error("lease id", e))?,
+        file_path: row.get(2)?,
+        agent_id: row.get(3)?,
+        mode: mode.parse().map_err(|e| conversion_error("mode", e))?,
+        status: status.parse().map_err(|e| conversion_error("status", e))?,
+        fencing_token: row.get::<_, Option<i64>>(6)?.map(|t| t as u64),
+        created_at: Timestamp(row.get(7)?),
+        expires_at: Timestamp(row.get(8)?),
+        ttl_ms: row.get::<_, i64>(9)? as u64,
+        renewal_count: row.get::<_, i64>(10)? as u32,
+        max_renewals: row.get::<_, Option<i64>>(11)?.map(|m| m as u32),
+        updated_at: Timestamp(row.get(12)?),
+        reason: row.get(13)?,
+    })
+}
+
+fn event_from_row(row: &Row<'_>) -> rusqlite::Result<HistoryEvent> {
+    let lease_id: String = row.get(1)?;
+    let event_type: String = row.get(4)?;
+    let before: Option<String> = row.get(5)?;
+    let after: String = row.get(6)?;
+    Ok(HistoryEvent {
+        id: row.get(0)?,
+        lease_id: Uuid::parse_str(&lease_id).map_err(|e| conversion_error("lease id", e))?,
+        agent_id: row.get(2)?,
+        file_path: row.get(3)?,
+        event_type: event_type.parse().map_err(|e| conversion_error("event type", e))?,
+        status_before: before
+            .map(|s| s.parse())
+            .transpose()
+            .map_err(|e| conversion_error("status", e))?,
+        status_after: after.parse().map_err(|e| conversion_error("status", e))?,
+        renewal_count: row.get::<_, i64>(7)? as u32,
+        fencing_token: row.get::<_, Option<i64>>(8)?.map(|t| t as u64),
+        event_at: Timestamp(row.get(9)?),
+        reason: row.get(10)?,
+    })
+}
+
+/// The SQL condition "the `file_path` column overlaps `path`": the path itself, a folder above
+/// it, or (for a folder) anything below it, with its parameters.
+fn overlap_condition(path: &LeasePath, params: &mut Vec<Value>) -> String {
+    let mut keys = path.ancestors();
+    keys.push(path.as_str().to_string());
+    let marks = vec!["?"; keys.len()].join(", ");
+    params.extend(keys.into_iter().map(Value::Text));
+    let mut condition = format!("(file_path IN ({marks})");
+    if let Some((start, end)) = path.descendant_range() {
+        condition.push_str(" OR (file_path >= ? AND file_path < ?)");
+        params.push(Value::Text(start));
+        params.push(Value::Text(end));
+    }
+    condition.push(')');
+    condition
+}
+
+impl SqliteTx<'_> {
+    fn leases_where(&self, condition: &str, params: Vec<Value>) -> Result<Vec<Lease>> {
+        let sql = format!("SELECT {LEASE_COLUMNS} FROM leases WHERE {condition}");
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(params), lease_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+}
+
+impl StoreTx for SqliteTx<'_> {
+    fn lock_paths(&mut self, _paths: &[LeasePath]) -> Result<()> {
+        // BEGIN IMMEDIATE already holds the database's single write lock.
+        Ok(())
+    }
+
+    fn load_settings(&mut self) -> Result<Vec<(String, String)>> {
+        let mut stmt = self.conn.prepare_cached("SELECT key, value FROM lease_configs")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn save_setting(&mut self, key: &str, value: &str, now_ms: i64) -> Result<()> {
+        let description = SETTINGS
+            .iter()
+            .find(|s| s.key == key)
+            .map(|s| s.description)
+            .unwrap_or_default();
+        self.conn.execute(
+            "INSERT INTO lease_configs (key, value, description, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            params![key, value, description, now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn live_overlapping(&mut self, path: &LeasePath, now_ms: i64) -> Result<Vec<Lease>> {
+        let mut params = vec![Value::Integer(now_ms)];
+        let overlap = overlap_condition(path, &mut params);
+        self.leases_where(
+            &format!(
+                "status IN ('active', 'pending') AND expires_at > ? AND {overlap} ORDER BY seq"
+            ),
+            params,
+        )
+    }
+
+    fn live_of_agent(&mut self, agent: &str, now_ms: i64) -> Result<Vec<Lease>> {
+        self.leases_where(
+            "agent_id = ? AND status IN ('active', 'pending') AND expires_at > ? ORDER BY seq",
+            vec![Value::Text(agent.to_string()), Value::Integer(now_ms)],
+        )
+    }
+
+    fn lease(&mut self, id: &Uuid) -> Result<Option<Lease>> {
+        let sql = format!("SELECT {LEASE_COLUMNS} FROM leases WHERE id = ?1");
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        Ok(stmt
+            .query_row([id.to_string()], lease_from_row)
+            .optional()?)
+    }
+
+    fn insert_lease(&mut self, lease: &Lease) -> Result<i64> {
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO leases (id, file_path, agent_id, mode, status, fencing_token, created_at,
+                 expires_at, ttl_ms, renewal_count, max_renewals, updated_at, reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?;
+        stmt.execute(params![
+            lease.id.to_string(),
+            lease.file_path,
+            lease.agent_id,
+            lease.mode.as_str(),
+            lease.status.as_str(),
+            lease.fencing_token.map(|t| t as i64),
+            lease.created_at.0,
+            lease.expires_at.0,
+            lease.ttl_ms as i64,
+            lease.renewal_count as i64,
+            lease.max_renewals.map(|m| m as i64),
+            lease.updated_at.0,
+            lease.reason,
+        ])?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    fn update_lease(&mut self, lease: &Lease) -> Result<()> {
+        let mut stmt = self.conn.prepare_cached(
+            "UPDATE leases SET status = ?2, fencing_token = ?3, expires_at = ?4, ttl_ms = ?5,
+                 renewal_count = ?6, max_renewals = ?7, updated_at = ?8, reason = ?9
+             WHERE id = ?1",
+        )?;
+        let changed = stmt.execute(params![
+            lease.id.to_string(),
+            lease.status.as_str(),
+            lease.fencing_token.map(|t| t as i64),
+            lease.expires_at.0,
+            lease.ttl_ms as i64,
+            lease.renewal_count as i64,
+            lease.max_renewals.map(|m| m as i64),
+            lease.updated_at.0,
+            lease.reason,
+        ])?;
+        if changed != 1 {
+            return Err(LeaseError::storage(format!("lease {} vanished during update", lease.id)));
+        }
+        Ok(())
+    }
+
+    fn next_fencing_token(&mut self) -> Result<u64> {
+        let mut stmt = self.conn.prepare_cached(
+            "UPDATE fencing SET last_token = last_token + 1 WHERE id = 1 RETURNING last_token",
+        )?;
+        let token: i64 = stmt.query_row([], |r| r.get(0))?;
+        Ok(token as u64)
+    }
+
+    fn query_leases(&mut self, query: &LeaseQuery, path: Option<&LeasePath>, now_ms: i64) -> Result<Vec<Lease>> {
+        let mut params = Vec::new();
+        let mut conditions = vec!["1 = 1".to_string()];
+        if let Some(agent) = &query.agent_id {
+            conditions.push("agent_id = ?".into());
+            params.push(Value::Text(agent.clone()));
+        }
+        if let Some(path) = path {
+            conditions.push(overlap_condition(path, &mut params));
+        }
+        if !query.include_inactive {
+            conditions.push("status = 'active' AND expires_at > ?".into());
+            params.push(Value::Integer(now_ms));
+        }
+        let mut condition = format!("{} ORDER BY seq", conditions.join(" AND "));
+        if let Some(limit) = query.limit {
+            condition.push_str(" LIMIT ?");
+            params.push(Value::Integer(limit as i64));
+        }
+        self.leases_where(&condition, params)
+    }
+
+    fn due_for_expiry(&mut self, now_ms: i64) -> Result<Vec<Lease>> {
+        self.leases_where(
+            "status IN ('active', 'pending') AND expires_at <= ? ORDER BY seq",
+            vec![Value::Integer(now_ms)],
+        )
+    }
+
+    fn insert_history(&mut self, event: &HistoryEvent) -> Result<HistoryEvent> {
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO lease_history (lease_id, agent_id, file_path, event_type, status_before,
+                 status_after, renewal_count, fencing_token, event_at, reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        stmt.execute(params![
+            event.lease_id.to_string(),
+            event.agent_id,
+            event.file_path,
+            event.event_type.as_str(),
+            event.status_before.map(|s| s.as_str()),
+            event.status_after.as_str(),
+            event.renewal_count as i64,
+            event.fencing_token.map(|t| t as i64),
+            event.event_at.0,
+            event.reason,
+        ])?;
+        let mut stored = event.clone();
+        stored.id = self.conn.last_insert_rowid();
+        Ok(stored)
+    }
+
+    fn query_history(&mut self, query: &HistoryQuery, path: Option<&LeasePath>) -> Result<Vec<HistoryEvent>> {
+        let mut params = Vec::new();
+        let mut conditions = vec!["1 = 1".to_string()];
+        if let Some(path) = path {
+            conditions.push(overlap_condition(path, &mut params));
+        }
+        if let Some(agent) = &query.agent_id {
+            conditions.push("agent_id = ?".into());
+            params.push(Value::Text(agent.clone()));
+        }
+        if let Some(since) = query.since {
+            conditions.push("event_at >= ?".into());
+            params.push(Value::Integer(since.0));
+        }
+        if let Some(until) = query.until {
+            conditions.push("event_at < ?".into());
+            params.push(Value::Integer(until.0));
+        }
+        if let Some(after) = query.after_id {
+            conditions.push("id > ?".into());
+            params.push(Value::Integer(after));
+        }
+        let order = if query.newest_first { "DESC" } else { "ASC" };
+        let mut sql = format!(
+            "SELECT {HISTORY_COLUMNS} FROM lease_history WHERE {} ORDER BY id {order}",
+            conditions.join(" AND ")
+        );
+        if let Some(limit) = query.limit {
+            sql.push_str(" LIMIT ?");
+            params.push(Value::Integer(limit as i64));
+        }
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(params), event_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn purge_history(&mut self, before_ms: i64) -> Result<u64> {
+        let deleted = self
+            .conn
+            .execute("DELETE FROM lease_history WHERE event_at < ?1", [before_ms])?;
+        Ok(deleted as u64)
+    }
+}
