@@ -267,6 +267,7 @@ impl<S: Store> Engine<S> {
     pub fn spawn_background(&self) -> Background {
         let (stop, mut stopped) = watch::channel(false);
         let (rounds_tx, rounds) = watch::channel(0u64);
+        let (next_round_tx, next_round) = watch::channel(None);
         let engine = self.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -278,6 +279,7 @@ impl<S: Store> Engine<S> {
                     }
                 };
                 let next = engine.inner.clock.now_ms() + (interval_s as i64) * 1000;
+                next_round_tx.send_replace(Some(next));
                 tokio::select! {
                     _ = engine.inner.clock.sleep_until(next) => {}
                     _ = stopped.changed() => break,
@@ -286,7 +288,12 @@ impl<S: Store> Engine<S> {
                 rounds_tx.send_modify(|n| *n += 1);
             }
         });
-        Background { stop, task, rounds }
+        Background {
+            stop,
+            task,
+            rounds,
+            next_round,
+        }
     }
 
     async fn background_round(&self) {
@@ -312,9 +319,15 @@ pub struct Background {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     rounds: watch::Receiver<u64>,
+    next_round: watch::Receiver<Option<i64>>,
 }
 
 impl Background {
+    /// When the next round is due (clock milliseconds), once the task has planned it.
+    pub fn next_round(&self) -> watch::Receiver<Option<i64>> {
+        self.next_round.clone()
+    }
+
     /// How many rounds have completed; tests wait on it after moving the clock.
     pub fn rounds(&self) -> watch::Receiver<u64> {
         self.rounds.clone()
@@ -350,15 +363,18 @@ fn attempt(cx: &mut Ctx<'_>, request: &Prepared, queued: &[Lease], deadline: Opt
 
     // Our queue entries as they are now: cleanup may have failed them if we were too slow to
     // refresh them, in which case we queue again at the back.
-    let mut entries = Vec::with_capacity(queued.len());
+    // An entry still stored as pending but past its own expiry (it lapses at the deadline) is
+    // ours to fail on timeout, but no longer holds a place in the queue.
+    let mut stored_pending = Vec::with_capacity(queued.len());
     for entry in queued {
         if let Some(current) = cx.tx.lease(&entry.id)? {
-            if rules::is_live_waiter(&current, now) {
-                entries.push(current);
+            if current.status == LeaseStatus::Pending {
+                stored_pending.push(current);
             }
         }
     }
-    if entries.len() != queued.len() {
+    let mut entries = stored_pending.clone();
+    if entries.len() != queued.len() || !entries.iter().all(|e| rules::is_live_waiter(e, now)) {
         entries.clear();
     }
     let own: HashSet<Uuid> = entries.iter().map(|e| e.id).collect();
@@ -428,7 +444,7 @@ fn attempt(cx: &mut Ctx<'_>, request: &Prepared, queued: &[Lease], deadline: Opt
     };
 
     if now >= deadline {
-        for mut entry in entries {
+        for mut entry in stored_pending {
             cx.transition(&mut entry, LeaseStatus::Failed, EventType::WaitFailed, Some("wait timed out"))?;
         }
         return Ok(Attempt::TimedOut(conflicts));
@@ -436,6 +452,10 @@ fn attempt(cx: &mut Ctx<'_>, request: &Prepared, queued: &[Lease], deadline: Opt
 
     let entry_expiry = deadline.min(now + WAITER_LIVENESS_MS);
     if entries.is_empty() {
+        // Entries that lapsed while we were away lost their place: fail them and queue anew.
+        for mut stale in stored_pending {
+            cx.transition(&mut stale, LeaseStatus::Failed, EventType::WaitFailed, Some("queue entry lapsed; queued again"))?;
+        }
         let first: Vec<WaitEdge> = blocking
             .iter()
             .map(|b| WaitEdge {

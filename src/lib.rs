@@ -4,6 +4,7 @@
 //! Start with [`open_sqlite`], then call the [`LeaseManager`] methods; long-running holders
 //! keep their leases with a [`LeaseGuard`]. See `ARCHITECTURE.md` for the map of the code.
 
+pub mod audit;
 pub mod clock;
 pub mod engine;
 pub mod error;

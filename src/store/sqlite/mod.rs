@@ -20,7 +20,10 @@ use crate::store::{Store, StoreTx};
 use crate::time::Timestamp;
 
 /// Migrations, applied in order on open and recorded in `schema_migrations`.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("migrations/0001_init.sql")),
+    (2, "tokens", include_str!("migrations/0002_tokens.sql")),
+];
 
 /// How long a write waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,7 +72,7 @@ impl SqliteStore {
         // WAL lets readers and one writer work at once across processes; NORMAL sync keeps every
         // commit safe from a process crash (the WAL is written before COMMIT returns), trading
         // only the last commits on power loss for speed.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        set_wal_mode(&conn)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&conn, now_ms)?;
@@ -114,66 +117,94 @@ impl Store for SqliteStore {
     }
 }
 
-/// Applies the migrations not yet recorded as successful, under the write lock so that
-/// processes opening a new file at once apply each migration exactly once.
-fn migrate(conn: &Connection, now_ms: i64) -> Result<()> {
-    let latest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
-    if schema_is_current(conn, latest)? {
-        return Ok(());
-    }
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
-             version    INTEGER PRIMARY KEY,
-             name       TEXT    NOT NULL,
-             applied_at INTEGER NOT NULL,
-             success    INTEGER NOT NULL
-         )",
-    )?;
-    let newest: Option<i64> = conn.query_row(
-        "SELECT max(version) FROM schema_migrations WHERE success = 1",
-        [],
-        |r| r.get(0),
-    )?;
-    if newest.unwrap_or(0) > latest {
-        return Err(LeaseError::storage(format!(
-            "the database has schema version {} but this leasehold knows only up to {latest}; \
-             upgrade leasehold",
-            newest.unwrap_or(0)
-        )));
-    }
-    for (version, name, sql) in MIGRATIONS {
-        let result = apply_migration(conn, *version, name, sql, now_ms);
-        if let Err(error) = result {
-            // The failed migration rolled back; record the failure so it is visible and retried.
-            conn.execute(
-                "INSERT OR REPLACE INTO schema_migrations (version, name, applied_at, success)
-                 VALUES (?1, ?2, ?3, 0)",
-                params![version, name, now_ms],
-            )?;
-            return Err(error);
+/// Switches the file to WAL. On a brand-new file that other processes are creating at the same
+/// moment, SQLite can answer BUSY here without calling the busy handler, so retry for a while.
+fn set_wal_mode(conn: &Connection) -> Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Ok(()) => return Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && started.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(error) => return Err(error.into()),
         }
     }
-    let tx = conn.unchecked_transaction()?;
-    for spec in SETTINGS {
-        tx.execute(
-            "INSERT OR IGNORE INTO lease_configs (key, value, description, updated_at)
-             VALUES (?1, ?2, ?3, ?4)",
-            params![spec.key, spec.default, spec.description, now_ms],
-        )?;
+}
+
+/// Applies the migrations not yet recorded as successful and seeds missing settings, all in one
+/// transaction under the write lock, so that processes opening a new file at once apply each
+/// migration exactly once and none of them sees a half-made schema.
+fn migrate(conn: &Connection, now_ms: i64) -> Result<()> {
+    let latest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+    // Fast path for every open after the first: a read, no write lock.
+    if schema_is_current(conn, latest).unwrap_or(false) {
+        return Ok(());
     }
-    tx.commit()?;
-    Ok(())
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let mut failed_version = None;
+    let result = (|| -> Result<()> {
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version    INTEGER PRIMARY KEY,
+                 name       TEXT    NOT NULL,
+                 applied_at INTEGER NOT NULL,
+                 success    INTEGER NOT NULL
+             )",
+        )?;
+        let newest: i64 = conn.query_row(
+            "SELECT coalesce(max(version), 0) FROM schema_migrations WHERE success = 1",
+            [],
+            |r| r.get(0),
+        )?;
+        if newest > latest {
+            return Err(LeaseError::storage(format!(
+                "the database has schema version {newest} but this leasehold knows only up to \
+                 {latest}; upgrade leasehold"
+            )));
+        }
+        for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > newest) {
+            failed_version = Some((*version, *name));
+            conn.execute_batch(sql)?;
+            conn.execute(
+                "INSERT OR REPLACE INTO schema_migrations (version, name, applied_at, success)
+                 VALUES (?1, ?2, ?3, 1)",
+                params![version, name, now_ms],
+            )?;
+        }
+        failed_version = None;
+        for spec in SETTINGS {
+            conn.execute(
+                "INSERT OR IGNORE INTO lease_configs (key, value, description, updated_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![spec.key, spec.default, spec.description, now_ms],
+            )?;
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => {
+            conn.execute_batch("COMMIT")?;
+            Ok(())
+        }
+        Err(error) => {
+            conn.execute_batch("ROLLBACK")?;
+            if let Some((version, name)) = failed_version {
+                // Record the failure where it can be seen; the migration is retried on next open.
+                let _ = conn.execute(
+                    "INSERT OR REPLACE INTO schema_migrations (version, name, applied_at, success)
+                     VALUES (?1, ?2, ?3, 0)",
+                    params![version, name, now_ms],
+                );
+            }
+            Err(error)
+        }
+    }
 }
 
 fn schema_is_current(conn: &Connection, latest: i64) -> Result<bool> {
-    let has_table: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_table {
-        return Ok(false);
-    }
     let newest: Option<i64> = conn.query_row(
         "SELECT max(version) FROM schema_migrations WHERE success = 1",
         [],
@@ -181,32 +212,6 @@ fn schema_is_current(conn: &Connection, latest: i64) -> Result<bool> {
     )?;
     let settings: i64 = conn.query_row("SELECT count(*) FROM lease_configs", [], |r| r.get(0))?;
     Ok(newest == Some(latest) && settings as usize >= SETTINGS.len())
-}
-
-fn apply_migration(conn: &Connection, version: i64, name: &str, sql: &str, now_ms: i64) -> Result<()> {
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let result = (|| -> Result<()> {
-        let done: bool = conn.query_row(
-            "SELECT count(*) > 0 FROM schema_migrations WHERE version = ?1 AND success = 1",
-            [version],
-            |r| r.get(0),
-        )?;
-        if done {
-            return Ok(());
-        }
-        conn.execute_batch(sql)?;
-        conn.execute(
-            "INSERT OR REPLACE INTO schema_migrations (version, name, applied_at, success)
-             VALUES (?1, ?2, ?3, 1)",
-            params![version, name, now_ms],
-        )?;
-        Ok(())
-    })();
-    match result {
-        Ok(()) => conn.execute_batch("COMMIT")?,
-        Err(_) => conn.execute_batch("ROLLBACK")?,
-    }
-    result
 }
 
 struct SqliteTx<'c> {

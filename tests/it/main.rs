@@ -1,0 +1,7 @@
+//! The one integration-test binary: a module per area, sharing the harness.
+
+mod cli;
+mod conformance;
+mod harness;
+mod multiprocess;
+mod server;
