@@ -55,7 +55,10 @@ pub fn holds(leases: &[Lease], events: &[HistoryEvent]) -> Vec<Hold> {
     let rows: HashMap<Uuid, &Lease> = leases.iter().map(|l| (l.id, l)).collect();
     let mut released_at: HashMap<Uuid, i64> = HashMap::new();
     for event in events {
-        if matches!(event.event_type, EventType::Released | EventType::ForceReleased) {
+        if matches!(
+            event.event_type,
+            EventType::Released | EventType::ForceReleased
+        ) {
             released_at.insert(event.lease_id, event.event_at.0);
         }
     }
@@ -63,10 +66,14 @@ pub fn holds(leases: &[Lease], events: &[HistoryEvent]) -> Vec<Hold> {
     for event in events {
         // A grant: an acquisition that did not start from an already active lease (an
         // idempotent re-acquire is not a new grant).
-        if event.event_type != EventType::Acquired || event.status_before == Some(LeaseStatus::Active) {
+        if event.event_type != EventType::Acquired
+            || event.status_before == Some(LeaseStatus::Active)
+        {
             continue;
         }
-        let Some(row) = rows.get(&event.lease_id) else { continue };
+        let Some(row) = rows.get(&event.lease_id) else {
+            continue;
+        };
         let end_ms = match released_at.get(&row.id) {
             Some(at) => (*at).min(row.expires_at.0),
             None => row.expires_at.0,
@@ -163,8 +170,14 @@ mod tests {
         let clean = [granted(1, &a, 0, 1), granted(2, &b, 100, 2)];
         assert!(check(&[a.clone(), b.clone()], &clean).is_empty());
         let overlapping = [granted(1, &a, 0, 1), granted(2, &b, 99, 2)];
-        assert!(matches!(check(&[a.clone(), b.clone()], &overlapping)[..], [Violation::Overlap { .. }]));
+        assert!(matches!(
+            check(&[a.clone(), b.clone()], &overlapping)[..],
+            [Violation::Overlap { .. }]
+        ));
         let regressed = [granted(1, &a, 0, 2), granted(2, &b, 100, 2)];
-        assert!(matches!(check(&[a, b], &regressed)[..], [Violation::TokenRegression { .. }]));
+        assert!(matches!(
+            check(&[a, b], &regressed)[..],
+            [Violation::TokenRegression { .. }]
+        ));
     }
 }

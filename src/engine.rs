@@ -49,7 +49,7 @@ struct Inner<S> {
     store: S,
     clock: Arc<dyn Clock>,
     /// Woken whenever something may have freed a path: waiters in this process look again.
-    changed: Notify,
+    changed: Arc<Notify>,
     events: broadcast::Sender<HistoryEvent>,
 }
 
@@ -125,13 +125,19 @@ impl Prepared {
         rules::validate_agent(&request.agent_id)?;
         rules::validate_reason(request.reason.as_deref())?;
         if request.paths.is_empty() {
-            return Err(LeaseError::invalid("paths", "at least one path is required"));
+            return Err(LeaseError::invalid(
+                "paths",
+                "at least one path is required",
+            ));
         }
         let mut paths = Vec::with_capacity(request.paths.len());
         for raw in &request.paths {
             let path = LeasePath::parse(raw)?;
             if paths.contains(&path) {
-                return Err(LeaseError::invalid("paths", format!("{path} is requested twice")));
+                return Err(LeaseError::invalid(
+                    "paths",
+                    format!("{path} is requested twice"),
+                ));
             }
             paths.push(path);
         }
@@ -139,11 +145,17 @@ impl Prepared {
         if wait_ms > rules::MAX_WAIT_MS {
             return Err(LeaseError::invalid(
                 "wait_ms",
-                format!("{wait_ms} ms is longer than the maximum of {} ms", rules::MAX_WAIT_MS),
+                format!(
+                    "{wait_ms} ms is longer than the maximum of {} ms",
+                    rules::MAX_WAIT_MS
+                ),
             ));
         }
         if request.ttl_ms == Some(0) {
-            return Err(LeaseError::invalid("ttl_ms", "a time-to-live must be positive"));
+            return Err(LeaseError::invalid(
+                "ttl_ms",
+                "a time-to-live must be positive",
+            ));
         }
         Ok(Prepared {
             agent: request.agent_id,
@@ -163,7 +175,10 @@ enum Attempt {
     /// Blocked and not waiting.
     Refused(Vec<Conflict>),
     /// Blocked; queued (or still queued) with these entries; look again by `wake_at`.
-    Queued { entries: Vec<Lease>, wake_at: i64 },
+    Queued {
+        entries: Vec<Lease>,
+        wake_at: i64,
+    },
     /// The deadline passed; the queue entries are now failed.
     TimedOut(Vec<Conflict>),
     /// Queuing would close a wait-for cycle.
@@ -174,11 +189,14 @@ impl<S: Store> Engine<S> {
     /// An engine over `store`, taking time from `clock`.
     pub fn new(store: S, clock: Arc<dyn Clock>) -> Engine<S> {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let changed = Arc::new(Notify::new());
+        // A store shared with other servers wakes our waiters when they free something.
+        store.attach_waker(changed.clone());
         Engine {
             inner: Arc::new(Inner {
                 store,
                 clock,
-                changed: Notify::new(),
+                changed,
                 events,
             }),
         }
@@ -207,7 +225,7 @@ impl<S: Store> Engine<S> {
                 let settings = settings_of(tx)?;
                 // Read the time only once the write lock is held, so that no decision is made
                 // with a time older than another writer's.
-                let now = inner.clock.now_ms();
+                let now = now_in(tx, inner.clock.as_ref())?;
                 let mut cx = Ctx {
                     tx,
                     now,
@@ -215,12 +233,15 @@ impl<S: Store> Engine<S> {
                     events: Vec::new(),
                 };
                 let value = f(&mut cx)?;
+                if cx.events.iter().any(|e| frees_a_path(e.event_type)) {
+                    cx.tx.announce_change()?;
+                }
                 Ok((value, cx.events))
             })
         })
         .await
         .map_err(|e| LeaseError::storage(format!("store task failed: {e}")))??;
-        let frees = events.iter().any(|e| e.event_type != EventType::Acquired && e.event_type != EventType::Renewed);
+        let frees = events.iter().any(|e| frees_a_path(e.event_type));
         for event in events {
             let _ = self.inner.events.send(event);
         }
@@ -239,7 +260,7 @@ impl<S: Store> Engine<S> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             inner.store.read(|tx| {
-                let now = inner.clock.now_ms();
+                let now = now_in(tx, inner.clock.as_ref())?;
                 f(tx, now)
             })
         })
@@ -247,13 +268,21 @@ impl<S: Store> Engine<S> {
         .map_err(|e| LeaseError::storage(format!("store task failed: {e}")))?
     }
 
-    /// Marks queue entries failed after their waiter gave up (timeout, cancel, disconnect).
+    /// Takes a waiter that gave up (its future was dropped: cancel, disconnect) out of the
+    /// queue. An attempt still running for it may have been granted just before; that lease is
+    /// left alone, like any lease whose holder went quiet: the agent gets it back by
+    /// re-acquiring (a retried request may already have), or it expires.
     async fn cancel_wait(&self, ids: Vec<Uuid>, reason: &'static str) -> Result<()> {
         self.write(move |cx| {
             for id in &ids {
                 if let Some(mut entry) = cx.tx.lease(id)? {
                     if entry.status == LeaseStatus::Pending {
-                        cx.transition(&mut entry, LeaseStatus::Failed, EventType::WaitFailed, Some(reason))?;
+                        cx.transition(
+                            &mut entry,
+                            LeaseStatus::Failed,
+                            EventType::WaitFailed,
+                            Some(reason),
+                        )?;
                     }
                 }
             }
@@ -298,11 +327,13 @@ impl<S: Store> Engine<S> {
 
     async fn background_round(&self) {
         match self.get_settings().await {
-            Ok(settings) if settings.auto_expire_enabled => match self.cleanup_expired_leases().await {
-                Ok(n) if n > 0 => tracing::info!(expired = n, "background cleanup"),
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "background cleanup failed"),
-            },
+            Ok(settings) if settings.auto_expire_enabled => {
+                match self.cleanup_expired_leases().await {
+                    Ok(n) if n > 0 => tracing::info!(expired = n, "background cleanup"),
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "background cleanup failed"),
+                }
+            }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "cannot read settings"),
         }
@@ -340,6 +371,17 @@ impl Background {
     }
 }
 
+/// The time a transaction decides with: the store's own clock where it has one (a database
+/// server shared by many machines), else the engine's.
+fn now_in(tx: &mut dyn StoreTx, clock: &dyn Clock) -> Result<i64> {
+    Ok(tx.server_now_ms()?.unwrap_or_else(|| clock.now_ms()))
+}
+
+/// Whether an event may let a waiter through.
+fn frees_a_path(event_type: EventType) -> bool {
+    !matches!(event_type, EventType::Acquired | EventType::Renewed)
+}
+
 fn settings_of(tx: &mut dyn StoreTx) -> Result<Settings> {
     let pairs = tx.load_settings()?;
     Settings::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -349,7 +391,17 @@ fn settings_of(tx: &mut dyn StoreTx) -> Result<Settings> {
 ///
 /// `queued` holds the request's queue entries from earlier attempts; `deadline` is set when the
 /// request may wait.
-fn attempt(cx: &mut Ctx<'_>, request: &Prepared, queued: &[Lease], deadline: Option<i64>) -> Result<Attempt> {
+///
+/// New rows take their ids from `fresh_ids` (one per path), which the caller's queue guard
+/// already knows: if the caller is dropped while this transaction runs, the guard can still
+/// find the queue entries it wrote and fail them.
+fn attempt(
+    cx: &mut Ctx<'_>,
+    request: &Prepared,
+    queued: &[Lease],
+    fresh_ids: &[Uuid],
+    deadline: Option<i64>,
+) -> Result<Attempt> {
     let now = cx.now;
     let ttl_ms = rules::resolve_ttl(request.ttl_ms, &cx.settings)?;
     if deadline.is_some() && !cx.settings.blocking_mode_enabled {
@@ -367,11 +419,19 @@ fn attempt(cx: &mut Ctx<'_>, request: &Prepared, queued: &[Lease], deadline: Opt
     // ours to fail on timeout, but no longer holds a place in the queue.
     let mut stored_pending = Vec::with_capacity(queued.len());
     for entry in queued {
-        if let Some(current) = cx.tx.lease(&entry.id)? {
-            if current.status == LeaseStatus::Pending {
-                stored_pending.push(current);
-            }
+        let current = cx
+            .tx
+            .lease(&entry.id)?
+            .ok_or_else(|| LeaseError::storage(format!("queue entry {} vanished", entry.id)))?;
+        if current.status != LeaseStatus::Pending {
+            // Someone ended our wait (force-release of our agent, or we were cancelled and this
+            // attempt outlived us): never queue again on our own.
+            return Err(LeaseError::LeaseLost {
+                lease_id: current.id,
+                status: current.status,
+            });
         }
+        stored_pending.push(current);
     }
     let mut entries = stored_pending.clone();
     if entries.len() != queued.len() || !entries.iter().all(|e| rules::is_live_waiter(e, now)) {
@@ -391,7 +451,15 @@ fn attempt(cx: &mut Ctx<'_>, request: &Prepared, queued: &[Lease], deadline: Opt
         });
         reuse.push(existing.cloned());
         let queued_at = entries.get(i).map(|e| e.seq);
-        for row in rules::blockers(&rows, path, request.mode, &request.agent, &own, queued_at, now) {
+        for row in rules::blockers(
+            &rows,
+            path,
+            request.mode,
+            &request.agent,
+            &own,
+            queued_at,
+            now,
+        ) {
             if !blocking.iter().any(|b| b.id == row.id) {
                 blocking.push(row.clone());
             }
@@ -408,9 +476,19 @@ fn attempt(cx: &mut Ctx<'_>, request: &Prepared, queued: &[Lease], deadline: Opt
                     held.expires_at = Timestamp(held.expires_at.0.max(now + ttl_ms as i64));
                     held.updated_at = Timestamp(now);
                     cx.tx.update_lease(&held)?;
-                    cx.record(EventType::Acquired, &held, Some(before), Some("re-acquired by its holder"))?;
+                    cx.record(
+                        EventType::Acquired,
+                        &held,
+                        Some(before),
+                        Some("re-acquired by its holder"),
+                    )?;
                     if let Some(mut entry) = entry {
-                        cx.transition(&mut entry, LeaseStatus::Failed, EventType::WaitFailed, Some("already held by the same agent"))?;
+                        cx.transition(
+                            &mut entry,
+                            LeaseStatus::Failed,
+                            EventType::WaitFailed,
+                            Some("already held by the same agent"),
+                        )?;
                     }
                     held
                 }
@@ -425,7 +503,16 @@ fn attempt(cx: &mut Ctx<'_>, request: &Prepared, queued: &[Lease], deadline: Opt
                     entry
                 }
                 (None, None) => {
-                    let mut lease = new_row(request, path, LeaseStatus::Active, now, now + ttl_ms as i64, ttl_ms, max_renewals);
+                    let mut lease = new_row(
+                        fresh_ids[i],
+                        request,
+                        path,
+                        LeaseStatus::Active,
+                        now,
+                        now + ttl_ms as i64,
+                        ttl_ms,
+                        max_renewals,
+                    );
                     lease.fencing_token = Some(cx.tx.next_fencing_token()?);
                     lease.seq = cx.tx.insert_lease(&lease)?;
                     cx.record(EventType::Acquired, &lease, None, None)?;
@@ -445,7 +532,12 @@ fn attempt(cx: &mut Ctx<'_>, request: &Prepared, queued: &[Lease], deadline: Opt
 
     if now >= deadline {
         for mut entry in stored_pending {
-            cx.transition(&mut entry, LeaseStatus::Failed, EventType::WaitFailed, Some("wait timed out"))?;
+            cx.transition(
+                &mut entry,
+                LeaseStatus::Failed,
+                EventType::WaitFailed,
+                Some("wait timed out"),
+            )?;
         }
         return Ok(Attempt::TimedOut(conflicts));
     }
@@ -454,7 +546,12 @@ fn attempt(cx: &mut Ctx<'_>, request: &Prepared, queued: &[Lease], deadline: Opt
     if entries.is_empty() {
         // Entries that lapsed while we were away lost their place: fail them and queue anew.
         for mut stale in stored_pending {
-            cx.transition(&mut stale, LeaseStatus::Failed, EventType::WaitFailed, Some("queue entry lapsed; queued again"))?;
+            cx.transition(
+                &mut stale,
+                LeaseStatus::Failed,
+                EventType::WaitFailed,
+                Some("queue entry lapsed; queued again"),
+            )?;
         }
         let first: Vec<WaitEdge> = blocking
             .iter()
@@ -466,16 +563,39 @@ fn attempt(cx: &mut Ctx<'_>, request: &Prepared, queued: &[Lease], deadline: Opt
             .collect();
         let cycle = rules::find_cycle(&request.agent, first, |agent| waits_of(cx.tx, agent, now))?;
         if let Some(cycle) = cycle {
-            let why = format!("deadlock: {}", LeaseError::Deadlock { cycle: cycle.clone() });
-            for path in &request.paths {
-                let mut refused = new_row(request, path, LeaseStatus::Failed, now, now, ttl_ms, max_renewals);
+            let why = format!(
+                "deadlock: {}",
+                LeaseError::Deadlock {
+                    cycle: cycle.clone()
+                }
+            );
+            for (i, path) in request.paths.iter().enumerate() {
+                let mut refused = new_row(
+                    fresh_ids[i],
+                    request,
+                    path,
+                    LeaseStatus::Failed,
+                    now,
+                    now,
+                    ttl_ms,
+                    max_renewals,
+                );
                 refused.seq = cx.tx.insert_lease(&refused)?;
                 cx.record(EventType::Deadlock, &refused, None, Some(&why))?;
             }
             return Ok(Attempt::Deadlock(cycle));
         }
-        for path in &request.paths {
-            let mut entry = new_row(request, path, LeaseStatus::Pending, now, entry_expiry, ttl_ms, max_renewals);
+        for (i, path) in request.paths.iter().enumerate() {
+            let mut entry = new_row(
+                fresh_ids[i],
+                request,
+                path,
+                LeaseStatus::Pending,
+                now,
+                entry_expiry,
+                ttl_ms,
+                max_renewals,
+            );
             entry.seq = cx.tx.insert_lease(&entry)?;
             entries.push(entry);
         }
@@ -488,8 +608,14 @@ fn attempt(cx: &mut Ctx<'_>, request: &Prepared, queued: &[Lease], deadline: Opt
     }
     // Look again no later than when a blocker lapses, our entry needs refreshing, or the
     // deadline comes; releases wake us earlier.
-    let blocker_lapse = blocking.iter().map(|b| b.expires_at.0).min().unwrap_or(deadline);
-    let wake_at = deadline.min(blocker_lapse).min(now + WAITER_LIVENESS_MS / 3);
+    let blocker_lapse = blocking
+        .iter()
+        .map(|b| b.expires_at.0)
+        .min()
+        .unwrap_or(deadline);
+    let wake_at = deadline
+        .min(blocker_lapse)
+        .min(now + WAITER_LIVENESS_MS / 3);
     Ok(Attempt::Queued { entries, wake_at })
 }
 
@@ -514,7 +640,9 @@ fn waits_of(tx: &mut dyn StoreTx, agent: &str, now: i64) -> Result<Vec<WaitEdge>
     Ok(edges)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn new_row(
+    id: Uuid,
     request: &Prepared,
     path: &LeasePath,
     status: LeaseStatus,
@@ -524,7 +652,7 @@ fn new_row(
     max_renewals: Option<u32>,
 ) -> Lease {
     Lease {
-        id: Uuid::new_v4(),
+        id,
         file_path: path.as_str().to_string(),
         agent_id: request.agent.clone(),
         mode: request.mode,
@@ -571,10 +699,13 @@ fn parse_path(path: &str) -> Result<LeasePath> {
 
 #[async_trait]
 impl<S: Store> LeaseManager for Engine<S> {
-    async fn acquire_lease(&self, request: LeaseAcquisitionRequest) -> Result<LeaseAcquisitionResponse> {
+    async fn acquire_lease(
+        &self,
+        request: LeaseAcquisitionRequest,
+    ) -> Result<LeaseAcquisitionResponse> {
         let request = Arc::new(Prepared::new(request)?);
-        let started = self.inner.clock.now_ms();
-        let deadline = (request.wait_ms > 0).then(|| started + request.wait_ms as i64);
+        // The wait is measured in the time of the store, from the first attempt.
+        let mut started: Option<i64> = None;
         let poll = self.inner.store.poll_interval();
         let mut guard = QueueGuard {
             engine: self.clone(),
@@ -589,30 +720,59 @@ impl<S: Store> LeaseManager for Engine<S> {
             notified.as_mut().enable();
 
             let (req, queued) = (request.clone(), entries.clone());
-            let outcome = self.write(move |cx| attempt(cx, &req, &queued, deadline)).await;
-            let outcome = match outcome {
-                Ok(outcome) => outcome,
+            let fresh_ids: Vec<Uuid> = request.paths.iter().map(|_| Uuid::new_v4()).collect();
+            guard.ids = entries
+                .iter()
+                .map(|e| e.id)
+                .chain(fresh_ids.iter().copied())
+                .collect();
+            let first = started;
+            let looked = self
+                .write(move |cx| {
+                    let started = first.unwrap_or(cx.now);
+                    let deadline = (req.wait_ms > 0).then(|| started + req.wait_ms as i64);
+                    Ok((attempt(cx, &req, &queued, &fresh_ids, deadline)?, cx.now))
+                })
+                .await;
+            let (outcome, now) = match looked {
+                Ok(looked) => looked,
                 Err(error) => {
-                    // Leave our entries to the guard, which fails them.
+                    // The transaction rolled back: only earlier queue entries are left for the
+                    // guard to fail.
+                    guard.ids = entries.iter().map(|e| e.id).collect();
                     return Err(error);
                 }
             };
-            let waited_ms = (self.inner.clock.now_ms() - started).max(0) as u64;
+            let waited_ms = (now - *started.get_or_insert(now)).max(0) as u64;
             match outcome {
                 Attempt::Granted(leases) => {
                     guard.ids.clear();
                     return Ok(LeaseAcquisitionResponse { leases, waited_ms });
                 }
-                Attempt::Refused(conflicts) => return Err(LeaseError::AlreadyHeld { conflicts }),
+                Attempt::Refused(conflicts) => {
+                    guard.ids.clear();
+                    return Err(LeaseError::AlreadyHeld { conflicts });
+                }
                 Attempt::TimedOut(conflicts) => {
                     guard.ids.clear();
-                    return Err(LeaseError::WaitTimeout { waited_ms, conflicts });
+                    return Err(LeaseError::WaitTimeout {
+                        waited_ms,
+                        conflicts,
+                    });
                 }
-                Attempt::Deadlock(cycle) => return Err(LeaseError::Deadlock { cycle }),
-                Attempt::Queued { entries: now_queued, wake_at } => {
+                Attempt::Deadlock(cycle) => {
+                    guard.ids.clear();
+                    return Err(LeaseError::Deadlock { cycle });
+                }
+                Attempt::Queued {
+                    entries: now_queued,
+                    wake_at,
+                } => {
                     guard.ids = now_queued.iter().map(|e| e.id).collect();
                     entries = now_queued;
-                    let wake = self.inner.clock.sleep_until(wake_at);
+                    // `wake_at` is in the store's time; sleep the same span on our clock.
+                    let local_wake = self.inner.clock.now_ms() + (wake_at - now).max(0);
+                    let wake = self.inner.clock.sleep_until(local_wake);
                     let poll_sleep = async {
                         match poll {
                             // Other processes cannot notify us: look again after a jittered
@@ -638,13 +798,20 @@ impl<S: Store> LeaseManager for Engine<S> {
     async fn renew_lease(&self, request: LeaseRenewalRequest) -> Result<LeaseRenewalResponse> {
         rules::validate_agent(&request.agent_id)?;
         if request.ttl_ms == Some(0) {
-            return Err(LeaseError::invalid("ttl_ms", "a time-to-live must be positive"));
+            return Err(LeaseError::invalid(
+                "ttl_ms",
+                "a time-to-live must be positive",
+            ));
         }
         self.write(move |cx| {
-            let lease = cx.tx.lease(&request.lease_id)?.ok_or_else(|| LeaseError::NotFound {
-                lease_id: request.lease_id.to_string(),
-            })?;
-            let ttl_ms = rules::resolve_ttl(Some(request.ttl_ms.unwrap_or(lease.ttl_ms)), &cx.settings)?;
+            let lease = cx
+                .tx
+                .lease(&request.lease_id)?
+                .ok_or_else(|| LeaseError::NotFound {
+                    lease_id: request.lease_id.to_string(),
+                })?;
+            let ttl_ms =
+                rules::resolve_ttl(Some(request.ttl_ms.unwrap_or(lease.ttl_ms)), &cx.settings)?;
             let renewed = rules::renew(&lease, &request.agent_id, ttl_ms, cx.now)?;
             cx.tx.update_lease(&renewed)?;
             cx.record(EventType::Renewed, &renewed, Some(lease.status), None)?;
@@ -656,9 +823,12 @@ impl<S: Store> LeaseManager for Engine<S> {
     async fn release_lease(&self, request: LeaseReleaseRequest) -> Result<LeaseReleaseResponse> {
         rules::validate_agent(&request.agent_id)?;
         self.write(move |cx| {
-            let mut lease = cx.tx.lease(&request.lease_id)?.ok_or_else(|| LeaseError::NotFound {
-                lease_id: request.lease_id.to_string(),
-            })?;
+            let mut lease =
+                cx.tx
+                    .lease(&request.lease_id)?
+                    .ok_or_else(|| LeaseError::NotFound {
+                        lease_id: request.lease_id.to_string(),
+                    })?;
             rules::check_holder(&lease, &request.agent_id, cx.now)?;
             cx.transition(&mut lease, LeaseStatus::Released, EventType::Released, None)?;
             Ok(LeaseReleaseResponse { lease })
@@ -698,7 +868,10 @@ impl<S: Store> LeaseManager for Engine<S> {
         let path = query.path.as_deref().map(parse_path).transpose()?;
         self.read(move |tx, now| {
             let rows = tx.query_leases(&query, path.as_ref(), now)?;
-            Ok(rows.into_iter().map(|l| rules::with_effective_status(l, now)).collect())
+            Ok(rows
+                .into_iter()
+                .map(|l| rules::with_effective_status(l, now))
+                .collect())
         })
         .await
     }
@@ -729,7 +902,12 @@ impl<S: Store> LeaseManager for Engine<S> {
                     cx.transition(&mut lease, LeaseStatus::Expired, EventType::Expired, None)?;
                     expired += 1;
                 } else {
-                    cx.transition(&mut lease, LeaseStatus::Failed, EventType::WaitFailed, Some("waiter stopped refreshing its queue entry"))?;
+                    cx.transition(
+                        &mut lease,
+                        LeaseStatus::Failed,
+                        EventType::WaitFailed,
+                        Some("waiter stopped refreshing its queue entry"),
+                    )?;
                 }
             }
             Ok(expired)
@@ -740,7 +918,10 @@ impl<S: Store> LeaseManager for Engine<S> {
     async fn force_release_agent_leases(&self, agent_id: &str, reason: &str) -> Result<u64> {
         rules::validate_agent(agent_id)?;
         if reason.trim().is_empty() {
-            return Err(LeaseError::invalid("reason", "a force-release needs a reason"));
+            return Err(LeaseError::invalid(
+                "reason",
+                "a force-release needs a reason",
+            ));
         }
         rules::validate_reason(Some(reason))?;
         let (agent, reason) = (agent_id.to_string(), reason.to_string());
@@ -748,10 +929,20 @@ impl<S: Store> LeaseManager for Engine<S> {
             let mut released = 0;
             for mut lease in cx.tx.live_of_agent(&agent, cx.now)? {
                 if lease.status == LeaseStatus::Active {
-                    cx.transition(&mut lease, LeaseStatus::Released, EventType::ForceReleased, Some(&reason))?;
+                    cx.transition(
+                        &mut lease,
+                        LeaseStatus::Released,
+                        EventType::ForceReleased,
+                        Some(&reason),
+                    )?;
                     released += 1;
                 } else {
-                    cx.transition(&mut lease, LeaseStatus::Failed, EventType::WaitFailed, Some(&reason))?;
+                    cx.transition(
+                        &mut lease,
+                        LeaseStatus::Failed,
+                        EventType::WaitFailed,
+                        Some(&reason),
+                    )?;
                 }
             }
             Ok(released)
@@ -763,8 +954,9 @@ impl<S: Store> LeaseManager for Engine<S> {
         let path = parse_path(path)?;
         self.read(move |tx, now| {
             let rows = tx.live_overlapping(&path, now)?;
-            let (holders, waiters): (Vec<Lease>, Vec<Lease>) =
-                rows.into_iter().partition(|row| row.status == LeaseStatus::Active);
+            let (holders, waiters): (Vec<Lease>, Vec<Lease>) = rows
+                .into_iter()
+                .partition(|row| row.status == LeaseStatus::Active);
             Ok(PathStatus {
                 path: path.as_str().to_string(),
                 locked: !holders.is_empty(),
@@ -780,7 +972,8 @@ impl<S: Store> LeaseManager for Engine<S> {
         if let Some(agent) = &query.agent_id {
             rules::validate_agent(agent)?;
         }
-        self.read(move |tx, _| tx.query_history(&query, path.as_ref())).await
+        self.read(move |tx, _| tx.query_history(&query, path.as_ref()))
+            .await
     }
 
     async fn purge_history(&self) -> Result<u64> {
@@ -801,7 +994,8 @@ impl<S: Store> LeaseManager for Engine<S> {
         self.write(move |cx| {
             let mut pairs: HashMap<String, String> = cx.tx.load_settings()?.into_iter().collect();
             pairs.insert(key.clone(), normalised.clone());
-            let settings = Settings::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+            let settings =
+                Settings::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
             if settings.default_ttl_seconds > settings.max_ttl_seconds {
                 return Err(LeaseError::invalid(
                     key,

@@ -146,18 +146,28 @@ impl LeaseError {
         let mut body = json!({ "code": self.code(), "message": self.to_string() });
         let fields = match self {
             LeaseError::AlreadyHeld { conflicts } => json!({ "holders": conflicts }),
-            LeaseError::WaitTimeout { waited_ms, conflicts } => {
+            LeaseError::WaitTimeout {
+                waited_ms,
+                conflicts,
+            } => {
                 json!({ "waited_ms": waited_ms, "holders": conflicts })
             }
             LeaseError::Deadlock { cycle } => json!({ "cycle": cycle }),
             LeaseError::NotFound { lease_id } => json!({ "lease_id": lease_id }),
-            LeaseError::NotHolder { lease_id, holder, agent_id } => {
+            LeaseError::NotHolder {
+                lease_id,
+                holder,
+                agent_id,
+            } => {
                 json!({ "lease_id": lease_id, "holder": holder, "agent_id": agent_id })
             }
             LeaseError::LeaseLost { lease_id, status } => {
                 json!({ "lease_id": lease_id, "status": status })
             }
-            LeaseError::RenewalLimitReached { lease_id, max_renewals } => {
+            LeaseError::RenewalLimitReached {
+                lease_id,
+                max_renewals,
+            } => {
                 json!({ "lease_id": lease_id, "max_renewals": max_renewals })
             }
             LeaseError::InvalidInput { what, why } => json!({ "what": what, "why": why }),
@@ -174,7 +184,12 @@ impl LeaseError {
     /// carrying the message.
     pub fn from_json(document: &Value) -> LeaseError {
         let body = document.get("error").unwrap_or(document);
-        let text = |key: &str| body.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
+        let text = |key: &str| {
+            body.get(key)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
         let parse = |key: &str| body.get(key).cloned().unwrap_or(Value::Null);
         let message = text("message");
         let rebuilt = (|| -> Option<LeaseError> {
@@ -189,7 +204,9 @@ impl LeaseError {
                 "deadlock" => LeaseError::Deadlock {
                     cycle: serde_json::from_value(parse("cycle")).ok()?,
                 },
-                "not_found" => LeaseError::NotFound { lease_id: text("lease_id") },
+                "not_found" => LeaseError::NotFound {
+                    lease_id: text("lease_id"),
+                },
                 "not_holder" => LeaseError::NotHolder {
                     lease_id: serde_json::from_value(parse("lease_id")).ok()?,
                     holder: text("holder"),
@@ -203,7 +220,10 @@ impl LeaseError {
                     lease_id: serde_json::from_value(parse("lease_id")).ok()?,
                     max_renewals: serde_json::from_value(parse("max_renewals")).ok()?,
                 },
-                "invalid_input" => LeaseError::InvalidInput { what: text("what"), why: text("why") },
+                "invalid_input" => LeaseError::InvalidInput {
+                    what: text("what"),
+                    why: text("why"),
+                },
                 _ => return None,
             })
         })();
@@ -238,7 +258,12 @@ fn describe(conflicts: &[Conflict]) -> String {
 fn describe_cycle(cycle: &[WaitEdge]) -> String {
     cycle
         .iter()
-        .map(|e| format!("{} waits for {} held by {}", e.waiter, e.file_path, e.holder))
+        .map(|e| {
+            format!(
+                "{} waits for {} held by {}",
+                e.waiter, e.file_path, e.holder
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -259,15 +284,36 @@ mod tests {
             expires_at: Timestamp(1_000),
         };
         let errors = vec![
-            LeaseError::AlreadyHeld { conflicts: vec![conflict.clone()] },
-            LeaseError::WaitTimeout { waited_ms: 5, conflicts: vec![conflict] },
-            LeaseError::Deadlock {
-                cycle: vec![WaitEdge { waiter: "a".into(), file_path: "x".into(), holder: "b".into() }],
+            LeaseError::AlreadyHeld {
+                conflicts: vec![conflict.clone()],
             },
-            LeaseError::NotFound { lease_id: id.to_string() },
-            LeaseError::NotHolder { lease_id: id, holder: "a".into(), agent_id: "b".into() },
-            LeaseError::LeaseLost { lease_id: id, status: LeaseStatus::Expired },
-            LeaseError::RenewalLimitReached { lease_id: id, max_renewals: 3 },
+            LeaseError::WaitTimeout {
+                waited_ms: 5,
+                conflicts: vec![conflict],
+            },
+            LeaseError::Deadlock {
+                cycle: vec![WaitEdge {
+                    waiter: "a".into(),
+                    file_path: "x".into(),
+                    holder: "b".into(),
+                }],
+            },
+            LeaseError::NotFound {
+                lease_id: id.to_string(),
+            },
+            LeaseError::NotHolder {
+                lease_id: id,
+                holder: "a".into(),
+                agent_id: "b".into(),
+            },
+            LeaseError::LeaseLost {
+                lease_id: id,
+                status: LeaseStatus::Expired,
+            },
+            LeaseError::RenewalLimitReached {
+                lease_id: id,
+                max_renewals: 3,
+            },
             LeaseError::invalid("ttl_ms", "a time-to-live must be positive"),
         ];
         for error in errors {
@@ -277,7 +323,10 @@ mod tests {
             assert_eq!(back.to_string(), error.to_string());
             assert_eq!(back.code(), error.code());
         }
-        assert_eq!(LeaseError::AlreadyHeld { conflicts: vec![] }.to_json()["error"]["holders"], json!([]));
+        assert_eq!(
+            LeaseError::AlreadyHeld { conflicts: vec![] }.to_json()["error"]["holders"],
+            json!([])
+        );
     }
 }
 

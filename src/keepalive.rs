@@ -102,7 +102,8 @@ impl Drop for LeaseGuard {
     fn drop(&mut self) {
         let Some(task) = self.task.take() else { return };
         task.abort();
-        let (manager, agent_id, leases) = (self.manager.clone(), self.agent_id.clone(), self.leases());
+        let (manager, agent_id, leases) =
+            (self.manager.clone(), self.agent_id.clone(), self.leases());
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
                 for lease in leases {

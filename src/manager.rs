@@ -33,7 +33,10 @@ use crate::settings::Settings;
 #[async_trait]
 pub trait LeaseManager: Send + Sync {
     /// Takes leases on every requested path, or none; waits in the queue up to `wait_ms`.
-    async fn acquire_lease(&self, request: LeaseAcquisitionRequest) -> Result<LeaseAcquisitionResponse>;
+    async fn acquire_lease(
+        &self,
+        request: LeaseAcquisitionRequest,
+    ) -> Result<LeaseAcquisitionResponse>;
 
     /// Extends a lease held by the requesting agent to now + TTL.
     async fn renew_lease(&self, request: LeaseRenewalRequest) -> Result<LeaseRenewalResponse>;

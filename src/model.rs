@@ -99,7 +99,12 @@ impl FromStr for LeaseStatus {
             "released" => LeaseStatus::Released,
             "pending" => LeaseStatus::Pending,
             "failed" => LeaseStatus::Failed,
-            _ => return Err(LeaseError::invalid("status", format!("unknown status {s:?}"))),
+            _ => {
+                return Err(LeaseError::invalid(
+                    "status",
+                    format!("unknown status {s:?}"),
+                ))
+            }
         })
     }
 }

@@ -29,7 +29,10 @@ impl LeasePath {
         if input.len() > MAX_PATH_BYTES {
             return Err(LeaseError::invalid(
                 "path",
-                format!("a path is {} bytes long; the limit is {MAX_PATH_BYTES}", input.len()),
+                format!(
+                    "a path is {} bytes long; the limit is {MAX_PATH_BYTES}",
+                    input.len()
+                ),
             ));
         }
         if input.chars().any(char::is_control) {
@@ -63,7 +66,9 @@ impl LeasePath {
             }
         }
         if parts.is_empty() {
-            return Err(invalid("names the workspace root; lease a folder or file inside it"));
+            return Err(invalid(
+                "names the workspace root; lease a folder or file inside it",
+            ));
         }
         let mut key = parts.join("/");
         if is_folder {
@@ -145,7 +150,17 @@ mod tests {
 
     #[test]
     fn refuses_bad_paths() {
-        for bad in ["", "..", "a/../..", "/etc/passwd", "a\0b", "a\nb", ".", "./", "a/.."] {
+        for bad in [
+            "",
+            "..",
+            "a/../..",
+            "/etc/passwd",
+            "a\0b",
+            "a\nb",
+            ".",
+            "./",
+            "a/..",
+        ] {
             let err = LeasePath::parse(bad).unwrap_err();
             assert_eq!(err.code(), "invalid_input", "{bad:?}");
         }

@@ -89,7 +89,11 @@ pub fn conflicts_of(rows: &[&Lease], now_ms: i64) -> Vec<Conflict> {
             expires_at: row.expires_at,
         })
         .collect();
-    conflicts.sort_by(|a, b| a.file_path.cmp(&b.file_path).then(a.lease_id.cmp(&b.lease_id)));
+    conflicts.sort_by(|a, b| {
+        a.file_path
+            .cmp(&b.file_path)
+            .then(a.lease_id.cmp(&b.lease_id))
+    });
     conflicts.dedup_by(|a, b| a.lease_id == b.lease_id);
     conflicts
 }
@@ -111,9 +115,12 @@ pub fn validate_agent(agent: &str) -> Result<(), LeaseError> {
 /// Checks a reason: at most [`MAX_TEXT_BYTES`] bytes, no NUL.
 pub fn validate_reason(reason: Option<&str>) -> Result<(), LeaseError> {
     match reason {
-        Some(text) if text.len() > MAX_TEXT_BYTES || text.contains('\0') => Err(
-            LeaseError::invalid("reason", format!("must be at most {MAX_TEXT_BYTES} bytes without NUL")),
-        ),
+        Some(text) if text.len() > MAX_TEXT_BYTES || text.contains('\0') => {
+            Err(LeaseError::invalid(
+                "reason",
+                format!("must be at most {MAX_TEXT_BYTES} bytes without NUL"),
+            ))
+        }
         _ => Ok(()),
     }
 }
@@ -123,7 +130,10 @@ pub fn resolve_ttl(requested_ms: Option<u64>, settings: &Settings) -> Result<u64
     let ttl_ms = requested_ms.unwrap_or(settings.default_ttl_seconds.saturating_mul(1000));
     let max_ms = settings.max_ttl_seconds.saturating_mul(1000);
     if ttl_ms == 0 {
-        return Err(LeaseError::invalid("ttl_ms", "a time-to-live must be positive"));
+        return Err(LeaseError::invalid(
+            "ttl_ms",
+            "a time-to-live must be positive",
+        ));
     }
     if ttl_ms > max_ms {
         return Err(LeaseError::invalid(
@@ -156,12 +166,7 @@ pub fn check_holder(lease: &Lease, agent: &str, now_ms: i64) -> Result<(), Lease
 
 /// Checks a renewal and returns the renewed lease: new expiry now + TTL, one more renewal.
 /// An expired or released lease is never resurrected.
-pub fn renew(
-    lease: &Lease,
-    agent: &str,
-    ttl_ms: u64,
-    now_ms: i64,
-) -> Result<Lease, LeaseError> {
+pub fn renew(lease: &Lease, agent: &str, ttl_ms: u64, now_ms: i64) -> Result<Lease, LeaseError> {
     check_holder(lease, agent, now_ms)?;
     if let Some(max) = lease.max_renewals {
         if lease.renewal_count >= max {
@@ -213,7 +218,14 @@ mod tests {
     use super::*;
     use crate::Timestamp;
 
-    fn lease(agent: &str, path: &str, mode: LeaseMode, status: LeaseStatus, expires: i64, seq: i64) -> Lease {
+    fn lease(
+        agent: &str,
+        path: &str,
+        mode: LeaseMode,
+        status: LeaseStatus,
+        expires: i64,
+        seq: i64,
+    ) -> Lease {
         Lease {
             id: Uuid::new_v4(),
             file_path: path.into(),
@@ -234,21 +246,44 @@ mod tests {
 
     #[test]
     fn expired_rows_block_nobody_even_before_cleanup() {
-        let rows = vec![lease("a", "x", LeaseMode::Exclusive, LeaseStatus::Active, 100, 1)];
+        let rows = vec![lease(
+            "a",
+            "x",
+            LeaseMode::Exclusive,
+            LeaseStatus::Active,
+            100,
+            1,
+        )];
         let p = LeasePath::parse("x").unwrap();
         let own = HashSet::new();
-        assert_eq!(blockers(&rows, &p, LeaseMode::Exclusive, "b", &own, None, 99).len(), 1);
+        assert_eq!(
+            blockers(&rows, &p, LeaseMode::Exclusive, "b", &own, None, 99).len(),
+            1
+        );
         assert!(blockers(&rows, &p, LeaseMode::Exclusive, "b", &own, None, 100).is_empty());
         assert_eq!(effective_status(&rows[0], 100), LeaseStatus::Expired);
     }
 
     #[test]
     fn waiters_block_only_later_requests() {
-        let rows = vec![lease("a", "x", LeaseMode::Exclusive, LeaseStatus::Pending, 100, 5)];
+        let rows = vec![lease(
+            "a",
+            "x",
+            LeaseMode::Exclusive,
+            LeaseStatus::Pending,
+            100,
+            5,
+        )];
         let p = LeasePath::parse("x").unwrap();
         let own = HashSet::new();
-        assert_eq!(blockers(&rows, &p, LeaseMode::Shared, "b", &own, None, 0).len(), 1);
-        assert_eq!(blockers(&rows, &p, LeaseMode::Shared, "b", &own, Some(6), 0).len(), 1);
+        assert_eq!(
+            blockers(&rows, &p, LeaseMode::Shared, "b", &own, None, 0).len(),
+            1
+        );
+        assert_eq!(
+            blockers(&rows, &p, LeaseMode::Shared, "b", &own, Some(6), 0).len(),
+            1
+        );
         assert!(blockers(&rows, &p, LeaseMode::Shared, "b", &own, Some(4), 0).is_empty());
     }
 

@@ -38,25 +38,37 @@ const YEAR_SECONDS: i64 = 365 * 24 * 3600;
 pub const SETTINGS: &[SettingSpec] = &[
     SettingSpec {
         key: "default_ttl_seconds",
-        kind: SettingKind::Integer { min: 1, max: YEAR_SECONDS },
+        kind: SettingKind::Integer {
+            min: 1,
+            max: YEAR_SECONDS,
+        },
         default: "3600",
         description: "time-to-live of a lease whose request names none",
     },
     SettingSpec {
         key: "max_renewals",
-        kind: SettingKind::Integer { min: -1, max: u32::MAX as i64 },
+        kind: SettingKind::Integer {
+            min: -1,
+            max: u32::MAX as i64,
+        },
         default: "-1",
         description: "renewal limit of a lease whose request names none; -1 is unlimited",
     },
     SettingSpec {
         key: "acquisition_timeout_ms",
-        kind: SettingKind::Integer { min: 0, max: 24 * 3600 * 1000 },
+        kind: SettingKind::Integer {
+            min: 0,
+            max: 24 * 3600 * 1000,
+        },
         default: "30000",
         description: "how long a wait lasts when the caller asks to wait without saying how long",
     },
     SettingSpec {
         key: "cleanup_interval_seconds",
-        kind: SettingKind::Integer { min: 1, max: 24 * 3600 },
+        kind: SettingKind::Integer {
+            min: 1,
+            max: 24 * 3600,
+        },
         default: "300",
         description: "how often background cleanup marks expired leases and purges old history",
     },
@@ -64,7 +76,8 @@ pub const SETTINGS: &[SettingSpec] = &[
         key: "auto_expire_enabled",
         kind: SettingKind::Boolean,
         default: "true",
-        description: "whether background cleanup runs (expired leases never block anyone either way)",
+        description:
+            "whether background cleanup runs (expired leases never block anyone either way)",
     },
     SettingSpec {
         key: "blocking_mode_enabled",
@@ -86,7 +99,10 @@ pub const SETTINGS: &[SettingSpec] = &[
     },
     SettingSpec {
         key: "max_ttl_seconds",
-        kind: SettingKind::Integer { min: 1, max: YEAR_SECONDS },
+        kind: SettingKind::Integer {
+            min: 1,
+            max: YEAR_SECONDS,
+        },
         default: "604800",
         description: "the longest time-to-live a request may ask for",
     },
@@ -186,19 +202,25 @@ pub fn validate_setting(key: &str, value: &str) -> Result<String, LeaseError> {
         let known: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
         LeaseError::invalid(
             "setting",
-            format!("unknown setting {key:?}; known settings: {}", known.join(", ")),
+            format!(
+                "unknown setting {key:?}; known settings: {}",
+                known.join(", ")
+            ),
         )
     })?;
     let value = value.trim();
     match spec.kind {
         SettingKind::Boolean => match value {
             "true" | "false" => Ok(value.to_string()),
-            _ => Err(LeaseError::invalid(key, format!("{value:?} is not true or false"))),
+            _ => Err(LeaseError::invalid(
+                key,
+                format!("{value:?} is not true or false"),
+            )),
         },
         SettingKind::Integer { min, max } => {
-            let n: i64 = value
-                .parse()
-                .map_err(|_| LeaseError::invalid(key, format!("{value:?} is not a whole number")))?;
+            let n: i64 = value.parse().map_err(|_| {
+                LeaseError::invalid(key, format!("{value:?} is not a whole number"))
+            })?;
             if n < min || n > max {
                 return Err(LeaseError::invalid(
                     key,

@@ -61,6 +61,9 @@ mod tests {
         let text = t.to_rfc3339();
         assert_eq!(text, "2025-12-03T18:20:00.123Z");
         assert_eq!(Timestamp::parse_rfc3339(&text), Some(t));
-        assert_eq!(serde_json::to_string(&t).unwrap(), "\"2025-12-03T18:20:00.123Z\"");
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            "\"2025-12-03T18:20:00.123Z\""
+        );
     }
 }

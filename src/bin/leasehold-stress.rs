@@ -75,7 +75,10 @@ struct Tally {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match runtime.block_on(run(args.command)) {
         Ok(code) => code,
         Err(error) => {
@@ -87,7 +90,15 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<ExitCode, LeaseError> {
     match command {
-        Command::Worker { db, agent, paths, iterations, ttl_ms, wait_ms, seed } => {
+        Command::Worker {
+            db,
+            agent,
+            paths,
+            iterations,
+            ttl_ms,
+            wait_ms,
+            seed,
+        } => {
             let manager = leasehold::open_sqlite(&db, Arc::new(SystemClock))?;
             let paths: Vec<String> = paths.split(',').map(str::to_string).collect();
             let tally = work(&manager, &agent, &paths, iterations, ttl_ms, wait_ms, seed).await?;
@@ -97,14 +108,21 @@ async fn run(command: Command) -> Result<ExitCode, LeaseError> {
         Command::Check { db } => {
             let manager = leasehold::open_sqlite(&db, Arc::new(SystemClock))?;
             let leases = manager
-                .get_all_leases(LeaseQuery { include_inactive: true, ..LeaseQuery::default() })
+                .get_all_leases(LeaseQuery {
+                    include_inactive: true,
+                    ..LeaseQuery::default()
+                })
                 .await?;
             let events = manager.get_history(HistoryQuery::default()).await?;
             let holds = leasehold::audit::holds(&leases, &events).len();
             let violations = leasehold::audit::check(&leases, &events);
             let report = serde_json::json!({ "holds": holds, "violations": violations });
             println!("{report}");
-            Ok(if violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if violations.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }
@@ -134,7 +152,11 @@ async fn work(
         let request = LeaseAcquisitionRequest {
             agent_id: agent.to_string(),
             paths: chosen,
-            mode: if rng.gen_bool(0.2) { LeaseMode::Shared } else { LeaseMode::Exclusive },
+            mode: if rng.gen_bool(0.2) {
+                LeaseMode::Shared
+            } else {
+                LeaseMode::Exclusive
+            },
             ttl_ms: Some(ttl_ms),
             wait_ms: rng.gen_bool(0.8).then_some(wait_ms),
             max_renewals: None,
@@ -161,7 +183,11 @@ async fn work(
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..5))).await;
         if rng.gen_bool(0.2) {
             for lease in &leases {
-                let renewal = LeaseRenewalRequest { lease_id: lease.id, agent_id: agent.into(), ttl_ms: None };
+                let renewal = LeaseRenewalRequest {
+                    lease_id: lease.id,
+                    agent_id: agent.into(),
+                    ttl_ms: None,
+                };
                 match manager.renew_lease(renewal).await {
                     Ok(_) => tally.renewed += 1,
                     Err(LeaseError::LeaseLost { .. }) => tally.lost += 1,
@@ -175,7 +201,13 @@ async fn work(
             continue;
         }
         for lease in leases {
-            match manager.release_lease(LeaseReleaseRequest { lease_id: lease.id, agent_id: agent.into() }).await {
+            match manager
+                .release_lease(LeaseReleaseRequest {
+                    lease_id: lease.id,
+                    agent_id: agent.into(),
+                })
+                .await
+            {
                 Ok(_) => tally.released += 1,
                 Err(LeaseError::LeaseLost { .. }) => tally.lost += 1,
                 Err(other) => return Err(other),

@@ -4,7 +4,10 @@
 
 pub mod sqlite;
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use uuid::Uuid;
 
@@ -40,6 +43,11 @@ pub trait Store: Send + Sync + 'static {
     /// When other processes may change the data behind this one's back without telling it,
     /// how often a waiter looks again (at most; the engine adds jitter below it).
     fn poll_interval(&self) -> Option<Duration>;
+
+    /// Gives the store the engine's wake-up signal. A store shared with other servers that
+    /// can hear their changes (PostgreSQL's LISTEN) fires it when a path may have been freed
+    /// elsewhere; others ignore it.
+    fn attach_waker(&self, _waker: Arc<Notify>) {}
 }
 
 /// The operations of one transaction.
@@ -47,6 +55,16 @@ pub trait StoreTx {
     /// Serialises this transaction with others touching these paths, their ancestors and
     /// their descendants. Stores whose writes are already serial do nothing.
     fn lock_paths(&mut self, paths: &[LeasePath]) -> Result<()>;
+    /// The store's own time, when decisions must use one clock shared by every machine (a
+    /// database server's); `None` lets the engine use its injected clock.
+    fn server_now_ms(&mut self) -> Result<Option<i64>> {
+        Ok(None)
+    }
+    /// Tells other servers sharing the store, when this transaction commits, that a path may
+    /// have been freed. Stores without such a channel do nothing.
+    fn announce_change(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// The stored settings as `(key, value)`.
     fn load_settings(&mut self) -> Result<Vec<(String, String)>>;
     /// Stores one setting, already validated.
@@ -64,13 +82,22 @@ pub trait StoreTx {
     /// The next fencing token.
     fn next_fencing_token(&mut self) -> Result<u64>;
     /// Leases matching `query`; with `include_inactive` false, only those active at `now_ms`.
-    fn query_leases(&mut self, query: &LeaseQuery, path: Option<&LeasePath>, now_ms: i64) -> Result<Vec<Lease>>;
+    fn query_leases(
+        &mut self,
+        query: &LeaseQuery,
+        path: Option<&LeasePath>,
+        now_ms: i64,
+    ) -> Result<Vec<Lease>>;
     /// Active and pending rows whose `expires_at` is at or before `now_ms`.
     fn due_for_expiry(&mut self, now_ms: i64) -> Result<Vec<Lease>>;
     /// Appends a history event (its `id` is ignored) and returns it with the id it was given.
     fn insert_history(&mut self, event: &HistoryEvent) -> Result<HistoryEvent>;
     /// History events matching `query`.
-    fn query_history(&mut self, query: &HistoryQuery, path: Option<&LeasePath>) -> Result<Vec<HistoryEvent>>;
+    fn query_history(
+        &mut self,
+        query: &HistoryQuery,
+        path: Option<&LeasePath>,
+    ) -> Result<Vec<HistoryEvent>>;
     /// Deletes history events older than `before_ms`; returns how many.
     fn purge_history(&mut self, before_ms: i64) -> Result<u64>;
 }

@@ -65,9 +65,8 @@ impl SqliteStore {
                 })?;
             }
         }
-        let conn = Connection::open(path).map_err(|e| {
-            LeaseError::storage(format!("cannot open {}: {e}", path.display()))
-        })?;
+        let conn = Connection::open(path)
+            .map_err(|e| LeaseError::storage(format!("cannot open {}: {e}", path.display())))?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // WAL lets readers and one writer work at once across processes; NORMAL sync keeps every
         // commit safe from a process crash (the WAL is written before COMMIT returns), trading
@@ -125,7 +124,8 @@ fn set_wal_mode(conn: &Connection) -> Result<()> {
         match conn.pragma_update(None, "journal_mode", "WAL") {
             Ok(()) => return Ok(()),
             Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::DatabaseBusy && started.elapsed() < BUSY_TIMEOUT =>
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && started.elapsed() < BUSY_TIMEOUT =>
             {
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -258,7 +258,9 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<HistoryEvent> {
         lease_id: Uuid::parse_str(&lease_id).map_err(|e| conversion_error("lease id", e))?,
         agent_id: row.get(2)?,
         file_path: row.get(3)?,
-        event_type: event_type.parse().map_err(|e| conversion_error("event type", e))?,
+        event_type: event_type
+            .parse()
+            .map_err(|e| conversion_error("event type", e))?,
         status_before: before
             .map(|s| s.parse())
             .transpose()
@@ -304,7 +306,9 @@ impl StoreTx for SqliteTx<'_> {
     }
 
     fn load_settings(&mut self) -> Result<Vec<(String, String)>> {
-        let mut stmt = self.conn.prepare_cached("SELECT key, value FROM lease_configs")?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT key, value FROM lease_configs")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
@@ -391,7 +395,10 @@ impl StoreTx for SqliteTx<'_> {
             lease.reason,
         ])?;
         if changed != 1 {
-            return Err(LeaseError::storage(format!("lease {} vanished during update", lease.id)));
+            return Err(LeaseError::storage(format!(
+                "lease {} vanished during update",
+                lease.id
+            )));
         }
         Ok(())
     }
@@ -404,7 +411,12 @@ impl StoreTx for SqliteTx<'_> {
         Ok(token as u64)
     }
 
-    fn query_leases(&mut self, query: &LeaseQuery, path: Option<&LeasePath>, now_ms: i64) -> Result<Vec<Lease>> {
+    fn query_leases(
+        &mut self,
+        query: &LeaseQuery,
+        path: Option<&LeasePath>,
+        now_ms: i64,
+    ) -> Result<Vec<Lease>> {
         let mut params = Vec::new();
         let mut conditions = vec!["1 = 1".to_string()];
         if let Some(agent) = &query.agent_id {
@@ -456,7 +468,11 @@ impl StoreTx for SqliteTx<'_> {
         Ok(stored)
     }
 
-    fn query_history(&mut self, query: &HistoryQuery, path: Option<&LeasePath>) -> Result<Vec<HistoryEvent>> {
+    fn query_history(
+        &mut self,
+        query: &HistoryQuery,
+        path: Option<&LeasePath>,
+    ) -> Result<Vec<HistoryEvent>> {
         let mut params = Vec::new();
         let mut conditions = vec!["1 = 1".to_string()];
         if let Some(path) = path {
