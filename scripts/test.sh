@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Runs every test: unit tests, the integration-test binary (conformance suite, multi-process
-# test, CLI, server) and the examples. Usable on a fresh machine and in CI.
+# Runs every test: unit tests, the integration-test binary (conformance suite on SQLite and
+# PostgreSQL, multi-process and multi-server tests, CLI, server) and the examples. Usable on a
+# fresh machine and in CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --locked --all-targets
-cargo test --locked --all-targets
+# The PostgreSQL tests (the conformance suite's second store, multi-server tests) need a server:
+# with-postgres.sh installs PostgreSQL if missing and runs the tests against a throwaway cluster.
+scripts/with-postgres.sh cargo test --locked --all-targets
 # The example is part of the documentation: it must run to completion.
 cargo run --locked --quiet --example lease_manager_example > /dev/null

@@ -97,20 +97,21 @@ pub fn check(leases: &[Lease], events: &[HistoryEvent]) -> Vec<Violation> {
     let mut holds = holds(leases, events);
     holds.sort_by_key(|h| h.granted_event);
     let mut violations = Vec::new();
-    for pair in holds.windows(2) {
-        if pair[1].fencing_token <= pair[0].fencing_token {
-            violations.push(Violation::TokenRegression {
-                earlier: pair[0].clone(),
-                later: pair[1].clone(),
-            });
-        }
-    }
     for (i, first) in holds.iter().enumerate() {
         let first_path = LeasePath::from_stored(first.file_path.clone());
         for second in &holds[i + 1..] {
-            let conflicting = (first.exclusive || second.exclusive)
-                && first.agent_id != second.agent_id
-                && first_path.overlaps(&LeasePath::from_stored(second.file_path.clone()));
+            // Tokens must grow for every later grant of an overlapping path. (Grants of
+            // unrelated paths may commit in any order on a server database.)
+            let related = first_path.overlaps(&LeasePath::from_stored(second.file_path.clone()));
+            if related && second.fencing_token <= first.fencing_token {
+                violations.push(Violation::TokenRegression {
+                    earlier: first.clone(),
+                    later: second.clone(),
+                });
+            }
+            let conflicting = related
+                && (first.exclusive || second.exclusive)
+                && first.agent_id != second.agent_id;
             let overlapping = second.start_ms < first.end_ms && first.start_ms < second.end_ms;
             if conflicting && overlapping {
                 violations.push(Violation::Overlap {

@@ -29,6 +29,12 @@ use crate::settings::{validate_setting, Settings};
 use crate::store::{Store, StoreTx};
 use crate::time::Timestamp;
 
+/// A write transaction running on a blocking thread.
+type WriteTask<T> = JoinHandle<Result<(T, Vec<HistoryEvent>)>>;
+
+/// What a [`WriteTask`] gives when joined.
+type WriteDone<T> = std::result::Result<Result<(T, Vec<HistoryEvent>)>, tokio::task::JoinError>;
+
 /// How many history events the live event channel buffers for slow subscribers.
 const EVENT_BUFFER: usize = 4096;
 
@@ -63,6 +69,40 @@ struct Ctx<'t> {
 }
 
 impl Ctx<'_> {
+    /// Serialises this transaction with every other one touching these paths, then reads the
+    /// time again: a decision about a path is made with a time taken after its lock is held.
+    fn lock(&mut self, paths: &[LeasePath]) -> Result<()> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        self.tx.lock_paths(paths)?;
+        if let Some(now) = self.tx.server_now_ms()? {
+            self.now = self.now.max(now);
+        }
+        Ok(())
+    }
+
+    /// Locks the paths of `leases`.
+    fn lock_leases(&mut self, leases: &[Lease]) -> Result<()> {
+        let mut paths: Vec<LeasePath> = leases
+            .iter()
+            .map(|l| LeasePath::from_stored(l.file_path.clone()))
+            .collect();
+        paths.sort();
+        paths.dedup();
+        self.lock(&paths)
+    }
+
+    /// One lease by id, read again after its path is locked.
+    fn locked_lease(&mut self, id: Uuid) -> Result<Lease> {
+        let not_found = || LeaseError::NotFound {
+            lease_id: id.to_string(),
+        };
+        let lease = self.tx.lease(&id)?.ok_or_else(not_found)?;
+        self.lock_leases(std::slice::from_ref(&lease))?;
+        self.tx.lease(&id)?.ok_or_else(not_found)
+    }
+
     /// Writes a history event for `lease` (unless history is off).
     fn record(
         &mut self,
@@ -219,8 +259,19 @@ impl<S: Store> Engine<S> {
         T: Send + 'static,
         F: FnOnce(&mut Ctx<'_>) -> Result<T> + Send + 'static,
     {
+        let done = self.spawn_write(f).await;
+        self.finish_write(done)
+    }
+
+    /// Starts `f` in a write transaction on a blocking thread. The transaction runs to its end
+    /// even if nobody awaits the handle; [`Engine::finish_write`] publishes what it did.
+    fn spawn_write<T, F>(&self, f: F) -> WriteTask<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Ctx<'_>) -> Result<T> + Send + 'static,
+    {
         let inner = self.inner.clone();
-        let (value, events) = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             inner.store.write(|tx| {
                 let settings = settings_of(tx)?;
                 // Read the time only once the write lock is held, so that no decision is made
@@ -239,8 +290,12 @@ impl<S: Store> Engine<S> {
                 Ok((value, cx.events))
             })
         })
-        .await
-        .map_err(|e| LeaseError::storage(format!("store task failed: {e}")))??;
+    }
+
+    /// Publishes the events of a finished write and wakes waiters if it may have freed a path.
+    fn finish_write<T>(&self, done: WriteDone<T>) -> Result<T> {
+        let (value, events) =
+            done.map_err(|e| LeaseError::storage(format!("store task failed: {e}")))??;
         let frees = events.iter().any(|e| frees_a_path(e.event_type));
         for event in events {
             let _ = self.inner.events.send(event);
@@ -274,6 +329,11 @@ impl<S: Store> Engine<S> {
     /// re-acquiring (a retried request may already have), or it expires.
     async fn cancel_wait(&self, ids: Vec<Uuid>, reason: &'static str) -> Result<()> {
         self.write(move |cx| {
+            let mut found = Vec::new();
+            for id in &ids {
+                found.extend(cx.tx.lease(id)?);
+            }
+            cx.lock_leases(&found)?;
             for id in &ids {
                 if let Some(mut entry) = cx.tx.lease(id)? {
                     if entry.status == LeaseStatus::Pending {
@@ -402,7 +462,6 @@ fn attempt(
     fresh_ids: &[Uuid],
     deadline: Option<i64>,
 ) -> Result<Attempt> {
-    let now = cx.now;
     let ttl_ms = rules::resolve_ttl(request.ttl_ms, &cx.settings)?;
     if deadline.is_some() && !cx.settings.blocking_mode_enabled {
         return Err(LeaseError::invalid(
@@ -411,7 +470,8 @@ fn attempt(
         ));
     }
     let max_renewals = request.max_renewals.or(cx.settings.default_max_renewals());
-    cx.tx.lock_paths(&request.paths)?;
+    cx.lock(&request.paths)?;
+    let now = cx.now;
 
     // Our queue entries as they are now: cleanup may have failed them if we were too slow to
     // refresh them, in which case we queue again at the back.
@@ -619,6 +679,37 @@ fn attempt(
     Ok(Attempt::Queued { entries, wake_at })
 }
 
+/// How many lapsed rows one cleanup transaction handles, so that a store taking a lock per path
+/// never needs an unbounded number of locks in one transaction.
+const CLEANUP_BATCH: usize = 500;
+
+/// Marks one batch of lapsed rows: active leases `expired`, queue entries `failed`. Returns how
+/// many leases expired and whether more rows may be due.
+fn cleanup_batch(cx: &mut Ctx<'_>) -> Result<(u64, bool)> {
+    let due = cx.tx.due_for_expiry(cx.now, CLEANUP_BATCH)?;
+    let more = due.len() == CLEANUP_BATCH;
+    cx.lock_leases(&due)?;
+    let mut expired = 0;
+    // Read again under the locks: a renewal may have committed since.
+    for mut lease in cx.tx.due_for_expiry(cx.now, CLEANUP_BATCH)? {
+        if !due.iter().any(|d| d.id == lease.id) {
+            continue;
+        }
+        if lease.status == LeaseStatus::Active {
+            cx.transition(&mut lease, LeaseStatus::Expired, EventType::Expired, None)?;
+            expired += 1;
+        } else {
+            cx.transition(
+                &mut lease,
+                LeaseStatus::Failed,
+                EventType::WaitFailed,
+                Some("waiter stopped refreshing its queue entry"),
+            )?;
+        }
+    }
+    Ok((expired, more))
+}
+
 /// The wait-for edges of `agent`: for each of its live queue entries, who stands in its way.
 fn waits_of(tx: &mut dyn StoreTx, agent: &str, now: i64) -> Result<Vec<WaitEdge>> {
     let mut edges = Vec::new();
@@ -674,6 +765,9 @@ fn new_row(
 struct QueueGuard<S: Store> {
     engine: Engine<S>,
     ids: Vec<Uuid>,
+    /// The attempt running for the waiter, if any: the cancel must come after it, or it could
+    /// miss the queue entry that attempt is about to commit.
+    in_flight: Option<WriteTask<(Attempt, i64)>>,
 }
 
 impl<S: Store> Drop for QueueGuard<S> {
@@ -683,8 +777,12 @@ impl<S: Store> Drop for QueueGuard<S> {
         }
         let engine = self.engine.clone();
         let ids = std::mem::take(&mut self.ids);
+        let in_flight = self.in_flight.take();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
+                if let Some(task) = in_flight {
+                    let _ = engine.finish_write(task.await);
+                }
                 if let Err(error) = engine.cancel_wait(ids, "waiter cancelled").await {
                     tracing::warn!(%error, "cannot drop a cancelled waiter's queue entries");
                 }
@@ -710,6 +808,7 @@ impl<S: Store> LeaseManager for Engine<S> {
         let mut guard = QueueGuard {
             engine: self.clone(),
             ids: Vec::new(),
+            in_flight: None,
         };
         let mut entries: Vec<Lease> = Vec::new();
         loop {
@@ -727,14 +826,14 @@ impl<S: Store> LeaseManager for Engine<S> {
                 .chain(fresh_ids.iter().copied())
                 .collect();
             let first = started;
-            let looked = self
-                .write(move |cx| {
-                    let started = first.unwrap_or(cx.now);
-                    let deadline = (req.wait_ms > 0).then(|| started + req.wait_ms as i64);
-                    Ok((attempt(cx, &req, &queued, &fresh_ids, deadline)?, cx.now))
-                })
-                .await;
-            let (outcome, now) = match looked {
+            let task = guard.in_flight.insert(self.spawn_write(move |cx| {
+                let started = first.unwrap_or(cx.now);
+                let deadline = (req.wait_ms > 0).then(|| started + req.wait_ms as i64);
+                Ok((attempt(cx, &req, &queued, &fresh_ids, deadline)?, cx.now))
+            }));
+            let done = task.await;
+            guard.in_flight = None;
+            let (outcome, now) = match self.finish_write(done) {
                 Ok(looked) => looked,
                 Err(error) => {
                     // The transaction rolled back: only earlier queue entries are left for the
@@ -804,12 +903,7 @@ impl<S: Store> LeaseManager for Engine<S> {
             ));
         }
         self.write(move |cx| {
-            let lease = cx
-                .tx
-                .lease(&request.lease_id)?
-                .ok_or_else(|| LeaseError::NotFound {
-                    lease_id: request.lease_id.to_string(),
-                })?;
+            let lease = cx.locked_lease(request.lease_id)?;
             let ttl_ms =
                 rules::resolve_ttl(Some(request.ttl_ms.unwrap_or(lease.ttl_ms)), &cx.settings)?;
             let renewed = rules::renew(&lease, &request.agent_id, ttl_ms, cx.now)?;
@@ -823,12 +917,7 @@ impl<S: Store> LeaseManager for Engine<S> {
     async fn release_lease(&self, request: LeaseReleaseRequest) -> Result<LeaseReleaseResponse> {
         rules::validate_agent(&request.agent_id)?;
         self.write(move |cx| {
-            let mut lease =
-                cx.tx
-                    .lease(&request.lease_id)?
-                    .ok_or_else(|| LeaseError::NotFound {
-                        lease_id: request.lease_id.to_string(),
-                    })?;
+            let mut lease = cx.locked_lease(request.lease_id)?;
             rules::check_holder(&lease, &request.agent_id, cx.now)?;
             cx.transition(&mut lease, LeaseStatus::Released, EventType::Released, None)?;
             Ok(LeaseReleaseResponse { lease })
@@ -895,24 +984,14 @@ impl<S: Store> LeaseManager for Engine<S> {
     }
 
     async fn cleanup_expired_leases(&self) -> Result<u64> {
-        self.write(|cx| {
-            let mut expired = 0;
-            for mut lease in cx.tx.due_for_expiry(cx.now)? {
-                if lease.status == LeaseStatus::Active {
-                    cx.transition(&mut lease, LeaseStatus::Expired, EventType::Expired, None)?;
-                    expired += 1;
-                } else {
-                    cx.transition(
-                        &mut lease,
-                        LeaseStatus::Failed,
-                        EventType::WaitFailed,
-                        Some("waiter stopped refreshing its queue entry"),
-                    )?;
-                }
+        let mut expired = 0;
+        loop {
+            let (batch_expired, more) = self.write(|cx| cleanup_batch(cx)).await?;
+            expired += batch_expired;
+            if !more {
+                return Ok(expired);
             }
-            Ok(expired)
-        })
-        .await
+        }
     }
 
     async fn force_release_agent_leases(&self, agent_id: &str, reason: &str) -> Result<u64> {
@@ -926,6 +1005,8 @@ impl<S: Store> LeaseManager for Engine<S> {
         rules::validate_reason(Some(reason))?;
         let (agent, reason) = (agent_id.to_string(), reason.to_string());
         self.write(move |cx| {
+            let live = cx.tx.live_of_agent(&agent, cx.now)?;
+            cx.lock_leases(&live)?;
             let mut released = 0;
             for mut lease in cx.tx.live_of_agent(&agent, cx.now)? {
                 if lease.status == LeaseStatus::Active {

@@ -2,6 +2,7 @@
 //! transaction. Stores only store and fetch; every rule lives in [`crate::rules`] and the
 //! engine.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -88,8 +89,9 @@ pub trait StoreTx {
         path: Option<&LeasePath>,
         now_ms: i64,
     ) -> Result<Vec<Lease>>;
-    /// Active and pending rows whose `expires_at` is at or before `now_ms`.
-    fn due_for_expiry(&mut self, now_ms: i64) -> Result<Vec<Lease>>;
+    /// Up to `limit` active and pending rows whose `expires_at` is at or before `now_ms`,
+    /// oldest first.
+    fn due_for_expiry(&mut self, now_ms: i64, limit: usize) -> Result<Vec<Lease>>;
     /// Appends a history event (its `id` is ignored) and returns it with the id it was given.
     fn insert_history(&mut self, event: &HistoryEvent) -> Result<HistoryEvent>;
     /// History events matching `query`.

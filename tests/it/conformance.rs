@@ -10,7 +10,7 @@ use leasehold::{
 };
 use uuid::Uuid;
 
-use crate::harness::{eventually, req, shared, sqlite_env, waiters_queued, TestEnv, T0_MS};
+use crate::harness::{eventually, req, shared, waiters_queued, TestEnv, T0_MS};
 
 /// Instantiates every conformance test for one store builder.
 macro_rules! conformance_suite {
@@ -68,12 +68,7 @@ macro_rules! conformance_suite {
 
 mod stores {
     conformance_suite!(sqlite, crate::harness::sqlite_env);
-}
-
-// Keeps the builder import used even if a store module is compiled out.
-#[allow(dead_code)]
-fn _builders() -> impl std::any::Any {
-    sqlite_env
+    conformance_suite!(postgres, crate::harness::postgres_env);
 }
 
 const MIN: u64 = 60_000;

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use leasehold::store::postgres::{PgOptions, PgStore};
 use leasehold::{
     Background, LeaseAcquisitionRequest, LeaseManager, LeaseMode, ManualClock, SqliteStore,
 };
@@ -61,6 +62,79 @@ pub async fn sqlite_env() -> TestEnv {
         background: Box::new(move || engine.spawn_background()),
         reopen: Box::new(move || Arc::new(reopen_fn()) as Arc<dyn LeaseManager>),
         _cleanup: Box::new(dir),
+    }
+}
+
+/// The PostgreSQL server the tests use, from `LEASEHOLD_TEST_PG_URL`. Without it the test fails
+/// and says how to get one: nothing is skipped silently.
+pub fn pg_url() -> String {
+    std::env::var("LEASEHOLD_TEST_PG_URL").unwrap_or_else(|_| {
+        panic!(
+            "LEASEHOLD_TEST_PG_URL is not set: the PostgreSQL tests need a server. Run them with \
+             `scripts/with-postgres.sh cargo test` (it starts a throwaway cluster), or point \
+             LEASEHOLD_TEST_PG_URL at a database you may create schemas in."
+        )
+    })
+}
+
+/// Runs blocking PostgreSQL work on a thread of its own (the driver blocks on its own runtime,
+/// which must not happen on an async worker thread).
+pub fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(f)
+        .join()
+        .expect("blocking PostgreSQL work panicked")
+}
+
+/// Drops a test's schema when the test ends.
+struct DropSchema {
+    url: String,
+    schema: String,
+}
+
+impl Drop for DropSchema {
+    fn drop(&mut self) {
+        let (url, schema) = (self.url.clone(), self.schema.clone());
+        blocking(move || {
+            if let Ok(mut client) = postgres::Client::connect(&url, postgres::NoTls) {
+                let _ =
+                    client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"));
+            }
+        });
+    }
+}
+
+/// A fresh schema in the test PostgreSQL server, with the engine's manual clock deciding time.
+pub async fn postgres_env() -> TestEnv {
+    let url = pg_url();
+    let schema = format!("lh_test_{}", uuid::Uuid::new_v4().simple());
+    let clock = ManualClock::new(T0_MS);
+    let open = {
+        let (url, schema, clock) = (url.clone(), schema.clone(), clock.clone());
+        move || {
+            let (url, schema) = (url.clone(), schema.clone());
+            let store = blocking(move || {
+                PgStore::open(
+                    &url,
+                    PgOptions {
+                        schema: Some(schema),
+                        server_time: false,
+                        ..PgOptions::default()
+                    },
+                )
+                .expect("open the PostgreSQL store")
+            });
+            leasehold::Engine::new(store, Arc::new(clock.clone()))
+        }
+    };
+    let engine = open();
+    let manager: Arc<dyn LeaseManager> = Arc::new(engine.clone());
+    let reopen_fn = open.clone();
+    TestEnv {
+        manager,
+        clock,
+        background: Box::new(move || engine.spawn_background()),
+        reopen: Box::new(move || Arc::new(reopen_fn()) as Arc<dyn LeaseManager>),
+        _cleanup: Box::new(DropSchema { url, schema }),
     }
 }
 

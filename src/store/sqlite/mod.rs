@@ -438,10 +438,10 @@ impl StoreTx for SqliteTx<'_> {
         self.leases_where(&condition, params)
     }
 
-    fn due_for_expiry(&mut self, now_ms: i64) -> Result<Vec<Lease>> {
+    fn due_for_expiry(&mut self, now_ms: i64, limit: usize) -> Result<Vec<Lease>> {
         self.leases_where(
-            "status IN ('active', 'pending') AND expires_at <= ? ORDER BY seq",
-            vec![Value::Integer(now_ms)],
+            "status IN ('active', 'pending') AND expires_at <= ? ORDER BY expires_at, seq LIMIT ?",
+            vec![Value::Integer(now_ms), Value::Integer(limit as i64)],
         )
     }
 
