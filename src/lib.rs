@@ -6,13 +6,16 @@
 
 pub mod audit;
 pub mod clock;
+pub mod database;
 pub mod engine;
 pub mod error;
 pub mod keepalive;
 pub mod manager;
 pub mod model;
 pub mod path;
+pub mod remote;
 pub mod rules;
+pub mod server;
 pub mod settings;
 pub mod store;
 pub mod time;
@@ -21,6 +24,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use database::{open_database, Database, LeaseEngine};
 pub use engine::{Background, Engine};
 pub use error::{Conflict, LeaseError, Result, WaitEdge};
 pub use keepalive::LeaseGuard;

@@ -349,3 +349,21 @@ pub struct HistoryQuery {
     /// The newest events first (the default is oldest first).
     pub newest_first: bool,
 }
+
+/// An API token of `leasehold serve`, as stored: never the secret, only facts about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Public id, to list and revoke the token by (not a secret).
+    pub id: String,
+    /// The agent every request made with the token acts as.
+    pub agent_id: String,
+    /// Whether the token may force-release, clean up and change settings.
+    pub admin: bool,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it was revoked; a revoked token is refused.
+    pub revoked_at: Option<Timestamp>,
+    /// When it was last used (to the minute).
+    pub last_used_at: Option<Timestamp>,
+}
+

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::error::Result;
-use crate::model::{HistoryEvent, HistoryQuery, Lease, LeaseQuery};
+use crate::model::{HistoryEvent, HistoryQuery, Lease, LeaseQuery, TokenInfo};
 use crate::path::LeasePath;
 
 /// A backend for the engine.
@@ -102,4 +102,26 @@ pub trait StoreTx {
     ) -> Result<Vec<HistoryEvent>>;
     /// Deletes history events older than `before_ms`; returns how many.
     fn purge_history(&mut self, before_ms: i64) -> Result<u64>;
+}
+
+/// The API tokens of `leasehold serve`, kept in the same database as the leases. Only a hash of
+/// each secret is stored; the server decides what a token may do.
+pub trait TokenTable: Send + Sync {
+    /// Stores a new token by its hash.
+    fn insert(&self, info: &TokenInfo, token_hash: &str) -> Result<()>;
+    /// The token with this hash, unless it is unknown or revoked.
+    fn find_live(&self, token_hash: &str) -> Result<Option<TokenInfo>>;
+    /// Every token, revoked ones included, oldest first.
+    fn list(&self) -> Result<Vec<TokenInfo>>;
+    /// Revokes a token (once; revoking again changes nothing) and returns it, or `None` when
+    /// no token has this id.
+    fn revoke(&self, id: &str, now_ms: i64) -> Result<Option<TokenInfo>>;
+    /// Records a token's last use. Bookkeeping: it may give up quickly when the store is busy.
+    fn touch(&self, id: &str, now_ms: i64) -> Result<()>;
+    /// How many leases and waiters are live at `now_ms` (for the server's gauges).
+    fn live_counts(&self, now_ms: i64) -> Result<(u64, u64)>;
+    /// Flushes what the store buffers (SQLite's write-ahead log), at shutdown.
+    fn checkpoint(&self) -> Result<()> {
+        Ok(())
+    }
 }

@@ -15,6 +15,8 @@
 //! Only this module knows PostgreSQL's SQL; rows become domain types here, and database errors
 //! become [`LeaseError::Storage`] in one `From` impl, without the connection password.
 
+pub mod tokens;
+
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,7 +35,10 @@ use crate::store::{Store, StoreTx};
 use crate::time::Timestamp;
 
 /// Migrations, applied in order on open and recorded in `schema_migrations`.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("migrations/0001_init.sql")),
+    (2, "tokens", include_str!("migrations/0002_tokens.sql")),
+];
 
 /// The channel on which stores announce that a path may have been freed.
 const CHANNEL: &str = "leasehold_changes";
@@ -53,8 +58,15 @@ const HISTORY_COLUMNS: &str = "id, lease_id, agent_id, file_path, event_type, st
 
 impl From<postgres::Error> for LeaseError {
     fn from(error: postgres::Error) -> Self {
-        // The error text of the driver names no connection parameters, so no password leaks.
-        LeaseError::storage(format!("postgres: {error}"))
+        // Neither text names connection parameters, so no password leaks.
+        match error.as_db_error() {
+            Some(db) => LeaseError::storage(format!(
+                "postgres: {} ({})",
+                db.message(),
+                db.code().code()
+            )),
+            None => LeaseError::storage(format!("postgres: {error}")),
+        }
     }
 }
 
@@ -189,10 +201,9 @@ impl PgStore {
             &[&format!("leasehold:{schema}")],
         )?;
         if let Some(schema) = &self.schema {
-            client.batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {0}; SET search_path TO {0}",
-                quote_ident(schema)
-            ))?;
+            // The schema itself is created by the migration, under its lock: CREATE SCHEMA IF
+            // NOT EXISTS is not safe against itself in concurrent sessions.
+            client.batch_execute(&format!("SET search_path TO {}", quote_ident(schema)))?;
         }
         Ok(client)
     }
@@ -223,6 +234,9 @@ impl PgStore {
             "SELECT pg_advisory_xact_lock($1)",
             &[&lock_key(&self.lock_salt, "migrate")],
         )?;
+        if let Some(schema) = &self.schema {
+            tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(schema)))?;
+        }
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
                  version    BIGINT  PRIMARY KEY,
@@ -268,6 +282,14 @@ impl PgStore {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Runs `f` on a pooled connection outside any transaction (single statements).
+    pub(crate) fn with_client<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
+        let mut client = self.take()?;
+        let result = f(&mut client);
+        self.give_back(client);
+        result
     }
 
     fn run<T, F>(&self, f: F) -> Result<T>

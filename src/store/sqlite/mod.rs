@@ -25,8 +25,10 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "tokens", include_str!("migrations/0002_tokens.sql")),
 ];
 
+pub mod tokens;
+
 /// How long a write waits for another process's write lock before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often a waiter looks at the file again, since other processes do not notify it.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);

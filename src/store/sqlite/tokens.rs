@@ -1,0 +1,129 @@
+//! The `api_tokens` table (migration `0002_tokens.sql`) on a connection of its own.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::error::{LeaseError, Result};
+use crate::model::TokenInfo;
+use crate::store::sqlite::{SqliteStore, BUSY_TIMEOUT};
+use crate::store::TokenTable;
+use crate::time::Timestamp;
+
+/// How long recording a token's last use waits for the write lock before giving up.
+const TOUCH_BUSY_TIMEOUT: Duration = Duration::from_millis(50);
+
+const TOKEN_COLUMNS: &str = "id, agent_id, is_admin, created_at, revoked_at, last_used_at";
+
+/// The token table of one SQLite file.
+pub struct SqliteTokens {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteTokens {
+    /// Opens the token table of the database at `path`, creating and migrating it if needed.
+    pub fn open(path: &Path, now_ms: i64) -> Result<SqliteTokens> {
+        drop(SqliteStore::open(path, now_ms)?);
+        let conn = Connection::open(path)
+            .map_err(|e| LeaseError::storage(format!("cannot open {}: {e}", path.display())))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(SqliteTokens {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> Result<MutexGuard<'_, Connection>> {
+        self.conn
+            .lock()
+            .map_err(|_| LeaseError::storage("token connection lock poisoned"))
+    }
+
+    /// The stored hash of a token (for tests that check no secret is stored).
+    pub fn stored_hashes(&self) -> Result<Vec<String>> {
+        let conn = self.conn()?;
+        let mut statement = conn.prepare("SELECT token_hash FROM api_tokens")?;
+        let rows = statement.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+}
+
+fn token_from_row(row: &Row<'_>) -> rusqlite::Result<TokenInfo> {
+    Ok(TokenInfo {
+        id: row.get(0)?,
+        agent_id: row.get(1)?,
+        admin: row.get(2)?,
+        created_at: Timestamp(row.get(3)?),
+        revoked_at: row.get::<_, Option<i64>>(4)?.map(Timestamp),
+        last_used_at: row.get::<_, Option<i64>>(5)?.map(Timestamp),
+    })
+}
+
+impl TokenTable for SqliteTokens {
+    fn insert(&self, info: &TokenInfo, token_hash: &str) -> Result<()> {
+        self.conn()?.execute(
+            "INSERT INTO api_tokens (id, agent_id, is_admin, token_hash, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![info.id, info.agent_id, info.admin, token_hash, info.created_at.0],
+        )?;
+        Ok(())
+    }
+
+    fn find_live(&self, token_hash: &str) -> Result<Option<TokenInfo>> {
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ?1 AND revoked_at IS NULL"
+        );
+        Ok(self
+            .conn()?
+            .query_row(&sql, [token_hash], token_from_row)
+            .optional()?)
+    }
+
+    fn list(&self) -> Result<Vec<TokenInfo>> {
+        let conn = self.conn()?;
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at, id");
+        let mut statement = conn.prepare(&sql)?;
+        let rows = statement.query_map([], token_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn revoke(&self, id: &str, now_ms: i64) -> Result<Option<TokenInfo>> {
+        let conn = self.conn()?;
+        conn.execute(
+            "UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            params![id, now_ms],
+        )?;
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = ?1");
+        Ok(conn.query_row(&sql, [id], token_from_row).optional()?)
+    }
+
+    fn touch(&self, id: &str, now_ms: i64) -> Result<()> {
+        let conn = self.conn()?;
+        // A busy database must neither fail nor hold up the request: wait only briefly.
+        conn.busy_timeout(TOUCH_BUSY_TIMEOUT)?;
+        let touched = conn.execute(
+            "UPDATE api_tokens SET last_used_at = ?2 WHERE id = ?1",
+            params![id, now_ms],
+        );
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        touched?;
+        Ok(())
+    }
+
+    fn live_counts(&self, now_ms: i64) -> Result<(u64, u64)> {
+        Ok(self.conn()?.query_row(
+            "SELECT coalesce(sum(status = 'active'), 0), coalesce(sum(status = 'pending'), 0)
+             FROM leases WHERE status IN ('active', 'pending') AND expires_at > ?1",
+            [now_ms],
+            |row| Ok((row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64)),
+        )?)
+    }
+
+    fn checkpoint(&self) -> Result<()> {
+        self.conn()?
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
