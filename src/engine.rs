@@ -35,8 +35,10 @@ type WriteTask<T> = JoinHandle<Result<(T, Vec<HistoryEvent>)>>;
 /// What a [`WriteTask`] gives when joined.
 type WriteDone<T> = std::result::Result<Result<(T, Vec<HistoryEvent>)>, tokio::task::JoinError>;
 
-/// How many history events the live event channel buffers for slow subscribers.
-const EVENT_BUFFER: usize = 4096;
+/// How many history events the live event channel buffers for slow subscribers. A subscriber
+/// that falls further behind is told how many it missed (and the server replays them from the
+/// history); the slots are allocated up front, so a short-lived CLI process pays for them.
+const EVENT_BUFFER: usize = 1024;
 
 /// The lease engine over a store.
 pub struct Engine<S: Store> {

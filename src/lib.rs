@@ -5,6 +5,7 @@
 //! keep their leases with a [`LeaseGuard`]. See `ARCHITECTURE.md` for the map of the code.
 
 pub mod audit;
+pub mod cli;
 pub mod clock;
 pub mod database;
 pub mod engine;

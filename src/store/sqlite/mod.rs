@@ -74,6 +74,7 @@ impl SqliteStore {
         // commit safe from a process crash (the WAL is written before COMMIT returns), trading
         // only the last commits on power loss for speed.
         set_wal_mode(&conn)?;
+        keep_wal_file(&conn);
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&conn, now_ms)?;
@@ -121,6 +122,11 @@ impl Store for SqliteStore {
 /// Switches the file to WAL. On a brand-new file that other processes are creating at the same
 /// moment, SQLite can answer BUSY here without calling the busy handler, so retry for a while.
 fn set_wal_mode(conn: &Connection) -> Result<()> {
+    // Already WAL (every open after the first): reading the mode takes no lock.
+    let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+    if mode.eq_ignore_ascii_case("wal") {
+        return Ok(());
+    }
     let started = std::time::Instant::now();
     loop {
         match conn.pragma_update(None, "journal_mode", "WAL") {
@@ -133,6 +139,25 @@ fn set_wal_mode(conn: &Connection) -> Result<()> {
             }
             Err(error) => return Err(error.into()),
         }
+    }
+}
+
+/// Keeps the WAL file when the last connection closes, so that the next short-lived process (a
+/// CLI call) does not create it again and sync its directory.
+fn keep_wal_file(conn: &Connection) {
+    let mut on: std::os::raw::c_int = 1;
+    // SAFETY: `conn.handle()` is this open connection's handle, valid for the call; the
+    // PERSIST_WAL file control reads and writes the one int it is given.
+    let code = unsafe {
+        rusqlite::ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            rusqlite::ffi::SQLITE_FCNTL_PERSIST_WAL,
+            (&mut on as *mut std::os::raw::c_int).cast(),
+        )
+    };
+    if code != rusqlite::ffi::SQLITE_OK {
+        tracing::debug!(code, "cannot keep the WAL file between connections");
     }
 }
 
