@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The dashboard's end-to-end tests drive Debian's Chromium; install it if missing.
+scripts/install-browser.sh
 cargo build --locked --all-targets
 # The PostgreSQL tests (the conformance suite's second store, multi-server tests) need a server:
 # with-postgres.sh installs PostgreSQL if missing and runs the tests against a throwaway cluster.

@@ -9,6 +9,7 @@
 //! the OpenAPI document served at `/v1/openapi.json`.
 
 pub mod auth;
+mod dashboard;
 pub mod error;
 mod events;
 mod handlers;
@@ -204,6 +205,7 @@ pub fn router(state: AppState) -> Router {
         router = router.route(path, handler);
     }
     router
+        .merge(dashboard::router())
         .fallback(handlers::no_route)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(from_fn_with_state(state.clone(), metrics::track))

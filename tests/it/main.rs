@@ -2,6 +2,7 @@
 
 mod cli;
 mod conformance;
+mod dashboard;
 mod harness;
 mod multiprocess;
 mod postgres;
