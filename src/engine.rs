@@ -73,19 +73,21 @@ struct Ctx<'t> {
 impl Ctx<'_> {
     /// Serialises this transaction with every other one touching these paths, then reads the
     /// time again: a decision about a path is made with a time taken after its lock is held.
-    fn lock(&mut self, paths: &[LeasePath]) -> Result<()> {
-        if paths.is_empty() {
-            return Ok(());
+    ///
+    /// Returns whether locks were taken now, so that rows read before may have changed: a store
+    /// whose transactions are already serial takes none.
+    fn lock(&mut self, paths: &[LeasePath]) -> Result<bool> {
+        if paths.is_empty() || !self.tx.lock_paths(paths)? {
+            return Ok(false);
         }
-        self.tx.lock_paths(paths)?;
         if let Some(now) = self.tx.server_now_ms()? {
             self.now = self.now.max(now);
         }
-        Ok(())
+        Ok(true)
     }
 
-    /// Locks the paths of `leases`.
-    fn lock_leases(&mut self, leases: &[Lease]) -> Result<()> {
+    /// Locks the paths of `leases`; see [`Ctx::lock`].
+    fn lock_leases(&mut self, leases: &[Lease]) -> Result<bool> {
         let mut paths: Vec<LeasePath> = leases
             .iter()
             .map(|l| LeasePath::from_stored(l.file_path.clone()))
@@ -101,8 +103,10 @@ impl Ctx<'_> {
             lease_id: id.to_string(),
         };
         let lease = self.tx.lease(&id)?.ok_or_else(not_found)?;
-        self.lock_leases(std::slice::from_ref(&lease))?;
-        self.tx.lease(&id)?.ok_or_else(not_found)
+        if self.lock_leases(std::slice::from_ref(&lease))? {
+            return self.tx.lease(&id)?.ok_or_else(not_found);
+        }
+        Ok(lease)
     }
 
     /// Writes a history event for `lease` (unless history is off).
@@ -688,15 +692,16 @@ const CLEANUP_BATCH: usize = 500;
 /// Marks one batch of lapsed rows: active leases `expired`, queue entries `failed`. Returns how
 /// many leases expired and whether more rows may be due.
 fn cleanup_batch(cx: &mut Ctx<'_>) -> Result<(u64, bool)> {
-    let due = cx.tx.due_for_expiry(cx.now, CLEANUP_BATCH)?;
+    let mut due = cx.tx.due_for_expiry(cx.now, CLEANUP_BATCH)?;
     let more = due.len() == CLEANUP_BATCH;
-    cx.lock_leases(&due)?;
+    if cx.lock_leases(&due)? {
+        // Read again under the locks: a renewal may have committed since.
+        let ids: HashSet<Uuid> = due.iter().map(|d| d.id).collect();
+        due = cx.tx.due_for_expiry(cx.now, CLEANUP_BATCH)?;
+        due.retain(|d| ids.contains(&d.id));
+    }
     let mut expired = 0;
-    // Read again under the locks: a renewal may have committed since.
-    for mut lease in cx.tx.due_for_expiry(cx.now, CLEANUP_BATCH)? {
-        if !due.iter().any(|d| d.id == lease.id) {
-            continue;
-        }
+    for mut lease in due {
         if lease.status == LeaseStatus::Active {
             cx.transition(&mut lease, LeaseStatus::Expired, EventType::Expired, None)?;
             expired += 1;
@@ -1007,10 +1012,12 @@ impl<S: Store> LeaseManager for Engine<S> {
         rules::validate_reason(Some(reason))?;
         let (agent, reason) = (agent_id.to_string(), reason.to_string());
         self.write(move |cx| {
-            let live = cx.tx.live_of_agent(&agent, cx.now)?;
-            cx.lock_leases(&live)?;
+            let mut live = cx.tx.live_of_agent(&agent, cx.now)?;
+            if cx.lock_leases(&live)? {
+                live = cx.tx.live_of_agent(&agent, cx.now)?;
+            }
             let mut released = 0;
-            for mut lease in cx.tx.live_of_agent(&agent, cx.now)? {
+            for mut lease in live {
                 if lease.status == LeaseStatus::Active {
                     cx.transition(
                         &mut lease,

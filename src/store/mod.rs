@@ -54,8 +54,9 @@ pub trait Store: Send + Sync + 'static {
 /// The operations of one transaction.
 pub trait StoreTx {
     /// Serialises this transaction with others touching these paths, their ancestors and
-    /// their descendants. Stores whose writes are already serial do nothing.
-    fn lock_paths(&mut self, paths: &[LeasePath]) -> Result<()>;
+    /// their descendants, and returns true; stores whose writes are already serial do nothing
+    /// and return false (rows read earlier in the transaction are then still current).
+    fn lock_paths(&mut self, paths: &[LeasePath]) -> Result<bool>;
     /// The store's own time, when decisions must use one clock shared by every machine (a
     /// database server's); `None` lets the engine use its injected clock.
     fn server_now_ms(&mut self) -> Result<Option<i64>> {

@@ -502,7 +502,7 @@ impl PgTx<'_> {
 }
 
 impl StoreTx for PgTx<'_> {
-    fn lock_paths(&mut self, paths: &[LeasePath]) -> Result<()> {
+    fn lock_paths(&mut self, paths: &[LeasePath]) -> Result<bool> {
         // Exclusive on each key, shared on each folder above it; exclusive wins where both are
         // asked. Taking them in key order means two transactions never wait on each other in
         // a circle.
@@ -523,7 +523,7 @@ impl StoreTx for PgTx<'_> {
             };
             self.tx.execute(sql, &[&key])?;
         }
-        Ok(())
+        Ok(true)
     }
 
     fn server_now_ms(&mut self) -> Result<Option<i64>> {

@@ -327,9 +327,9 @@ impl SqliteTx<'_> {
 }
 
 impl StoreTx for SqliteTx<'_> {
-    fn lock_paths(&mut self, _paths: &[LeasePath]) -> Result<()> {
+    fn lock_paths(&mut self, _paths: &[LeasePath]) -> Result<bool> {
         // BEGIN IMMEDIATE already holds the database's single write lock.
-        Ok(())
+        Ok(false)
     }
 
     fn load_settings(&mut self) -> Result<Vec<(String, String)>> {
