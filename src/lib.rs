@@ -12,6 +12,7 @@ pub mod engine;
 pub mod error;
 pub mod keepalive;
 pub mod manager;
+pub mod mcp;
 pub mod model;
 pub mod path;
 pub mod remote;

@@ -873,6 +873,8 @@ async fn the_main_view_shows_queues_and_marked_agents_and_is_photographed() {
     let png = page.client.screenshot().await.expect("a screenshot");
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/dashboard-screenshot.png");
+    // target/ may not exist when the build goes elsewhere (CARGO_TARGET_DIR).
+    std::fs::create_dir_all(out.parent().unwrap()).expect("a folder for the screenshot");
     std::fs::write(&out, &png).expect("write the screenshot");
     page.assert_no_console_errors().await;
     page.close().await;

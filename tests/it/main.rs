@@ -3,7 +3,9 @@
 mod cli;
 mod conformance;
 mod dashboard;
+mod guard;
 mod harness;
+mod mcp;
 mod multiprocess;
 mod postgres;
 mod server;

@@ -6,8 +6,10 @@ pub mod cleanup;
 pub mod config;
 pub mod exec;
 pub mod force_release;
+pub mod guard;
 pub mod history;
 pub mod list;
+pub mod mcp;
 pub mod release;
 pub mod renew;
 pub mod serve;
@@ -47,6 +49,10 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Create, list or revoke the server's access tokens
     Token(token::TokenArgs),
+    /// Serve the lease tools to an AI agent over MCP (stdio)
+    Mcp(mcp::McpArgs),
+    /// Install or run the git pre-commit guard against committing others' leased paths
+    Guard(guard::GuardArgs),
 }
 
 /// Runs `command` and returns the process exit code.
@@ -65,6 +71,8 @@ pub async fn run(ctx: &Context, command: Command) -> CliResult<u8> {
         Command::Exec(args) => exec::run(ctx, args).await,
         Command::Serve(args) => serve::run(ctx, args).await.map(done),
         Command::Token(args) => token::run(ctx, args).await.map(done),
+        Command::Mcp(args) => mcp::run(ctx, args).await.map(done),
+        Command::Guard(args) => guard::run(ctx, args).await.map(done),
     }
 }
 
