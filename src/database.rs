@@ -92,14 +92,22 @@ impl<S: Store> LeaseEngine for Engine<S> {
 }
 
 /// Opens the store at `database` (creating and migrating it as needed).
-pub async fn open_database(database: &Database, clock: Arc<dyn Clock>) -> Result<Arc<dyn LeaseEngine>> {
+pub async fn open_database(
+    database: &Database,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<dyn LeaseEngine>> {
     let database = database.clone();
     let now_ms = clock.now_ms();
     // Both drivers block: open on a blocking thread.
     tokio::task::spawn_blocking(move || -> Result<Arc<dyn LeaseEngine>> {
         Ok(match database {
-            Database::Sqlite(path) => Arc::new(Engine::new(SqliteStore::open(&path, now_ms)?, clock)),
-            Database::Postgres(url) => Arc::new(Engine::new(PgStore::open(&url, PgOptions::default())?, clock)),
+            Database::Sqlite(path) => {
+                Arc::new(Engine::new(SqliteStore::open(&path, now_ms)?, clock))
+            }
+            Database::Postgres(url) => Arc::new(Engine::new(
+                PgStore::open(&url, PgOptions::default())?,
+                clock,
+            )),
         })
     })
     .await

@@ -943,23 +943,6 @@ impl<S: Store> LeaseManager for Engine<S> {
         .await
     }
 
-    async fn get_file_leases(&self, path: &str) -> Result<Vec<Lease>> {
-        self.get_all_leases(LeaseQuery {
-            path: Some(path.to_string()),
-            ..LeaseQuery::default()
-        })
-        .await
-    }
-
-    async fn get_agent_leases(&self, agent_id: &str) -> Result<Vec<Lease>> {
-        rules::validate_agent(agent_id)?;
-        self.get_all_leases(LeaseQuery {
-            agent_id: Some(agent_id.to_string()),
-            ..LeaseQuery::default()
-        })
-        .await
-    }
-
     async fn get_all_leases(&self, query: LeaseQuery) -> Result<Vec<Lease>> {
         let path = query.path.as_deref().map(parse_path).transpose()?;
         self.read(move |tx, now| {
@@ -970,10 +953,6 @@ impl<S: Store> LeaseManager for Engine<S> {
                 .collect())
         })
         .await
-    }
-
-    async fn is_file_locked(&self, path: &str) -> Result<bool> {
-        Ok(self.get_path_status(path).await?.locked)
     }
 
     async fn has_agent_lease(&self, agent_id: &str, path: &str) -> Result<bool> {
@@ -993,7 +972,7 @@ impl<S: Store> LeaseManager for Engine<S> {
     async fn cleanup_expired_leases(&self) -> Result<u64> {
         let mut expired = 0;
         loop {
-            let (batch_expired, more) = self.write(|cx| cleanup_batch(cx)).await?;
+            let (batch_expired, more) = self.write(cleanup_batch).await?;
             expired += batch_expired;
             if !more {
                 return Ok(expired);

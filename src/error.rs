@@ -268,6 +268,9 @@ fn describe_cycle(cycle: &[WaitEdge]) -> String {
         .join(", ")
 }
 
+/// The library's result type.
+pub type Result<T, E = LeaseError> = std::result::Result<T, E>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,6 +332,3 @@ mod tests {
         );
     }
 }
-
-/// The library's result type.
-pub type Result<T, E = LeaseError> = std::result::Result<T, E>;

@@ -48,16 +48,31 @@ pub trait LeaseManager: Send + Sync {
     async fn get_lease(&self, lease_id: Uuid) -> Result<Lease>;
 
     /// The active leases overlapping `path`.
-    async fn get_file_leases(&self, path: &str) -> Result<Vec<Lease>>;
+    async fn get_file_leases(&self, path: &str) -> Result<Vec<Lease>> {
+        self.get_all_leases(LeaseQuery {
+            path: Some(path.to_string()),
+            ..LeaseQuery::default()
+        })
+        .await
+    }
 
     /// The active leases of `agent_id`.
-    async fn get_agent_leases(&self, agent_id: &str) -> Result<Vec<Lease>>;
+    async fn get_agent_leases(&self, agent_id: &str) -> Result<Vec<Lease>> {
+        crate::rules::validate_agent(agent_id)?;
+        self.get_all_leases(LeaseQuery {
+            agent_id: Some(agent_id.to_string()),
+            ..LeaseQuery::default()
+        })
+        .await
+    }
 
     /// Leases matching `query`, oldest first.
     async fn get_all_leases(&self, query: LeaseQuery) -> Result<Vec<Lease>>;
 
     /// Whether any active lease overlaps `path`.
-    async fn is_file_locked(&self, path: &str) -> Result<bool>;
+    async fn is_file_locked(&self, path: &str) -> Result<bool> {
+        Ok(self.get_path_status(path).await?.locked)
+    }
 
     /// Whether `agent_id` holds an active lease covering `path` (on it, or on a folder above).
     async fn has_agent_lease(&self, agent_id: &str, path: &str) -> Result<bool>;

@@ -366,4 +366,3 @@ pub struct TokenInfo {
     /// When it was last used (to the minute).
     pub last_used_at: Option<Timestamp>,
 }
-

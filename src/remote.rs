@@ -306,23 +306,6 @@ impl LeaseManager for RemoteManager {
         self.get(&format!("/v1/leases/{lease_id}")).await
     }
 
-    async fn get_file_leases(&self, path: &str) -> Result<Vec<Lease>> {
-        self.get_all_leases(LeaseQuery {
-            path: Some(path.to_string()),
-            ..LeaseQuery::default()
-        })
-        .await
-    }
-
-    async fn get_agent_leases(&self, agent_id: &str) -> Result<Vec<Lease>> {
-        rules::validate_agent(agent_id)?;
-        self.get_all_leases(LeaseQuery {
-            agent_id: Some(agent_id.to_string()),
-            ..LeaseQuery::default()
-        })
-        .await
-    }
-
     async fn get_all_leases(&self, query_: LeaseQuery) -> Result<Vec<Lease>> {
         let status = if query_.include_inactive {
             "all"
@@ -337,10 +320,6 @@ impl LeaseManager for RemoteManager {
         ]);
         let list: LeaseList = self.get(&format!("/v1/leases{q}")).await?;
         Ok(list.leases)
-    }
-
-    async fn is_file_locked(&self, path: &str) -> Result<bool> {
-        Ok(self.get_path_status(path).await?.locked)
     }
 
     async fn has_agent_lease(&self, agent_id: &str, path: &str) -> Result<bool> {

@@ -29,11 +29,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 
 use crate::clock::{Clock, SystemClock};
+use crate::database::{Database, LeaseEngine};
 use crate::engine::Engine;
 use crate::error::LeaseError;
 use crate::manager::LeaseManager;
 use crate::model::HistoryEvent;
-use crate::database::{Database, LeaseEngine};
 use crate::store::Store;
 
 pub use error::{ApiError, MAX_BODY_BYTES};

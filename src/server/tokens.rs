@@ -72,7 +72,9 @@ impl TokenStore {
     pub fn open(db: impl Into<Database>, clock: Arc<dyn Clock>) -> Result<TokenStore> {
         let table: Box<dyn TokenTable> = match db.into() {
             Database::Sqlite(path) => Box::new(SqliteTokens::open(&path, clock.now_ms())?),
-            Database::Postgres(url) => Box::new(PgTokens::new(PgStore::open(&url, PgOptions::default())?)),
+            Database::Postgres(url) => {
+                Box::new(PgTokens::new(PgStore::open(&url, PgOptions::default())?))
+            }
         };
         Ok(TokenStore {
             table,
@@ -200,7 +202,10 @@ mod tests {
         assert!(new.token.starts_with(TOKEN_PREFIX));
         assert_eq!(new.token.len(), TOKEN_PREFIX.len() + 64);
 
-        let stored = SqliteTokens::open(&db, 1_000).unwrap().stored_hashes().unwrap();
+        let stored = SqliteTokens::open(&db, 1_000)
+            .unwrap()
+            .stored_hashes()
+            .unwrap();
         assert_eq!(stored, vec![hash(&new.token)]);
         let stored = &stored[0];
         assert!(!stored.contains(&new.token[TOKEN_PREFIX.len()..]));

@@ -2,6 +2,9 @@
 //! runs twice, `local` on the workspace's database and `remote` through a real `leasehold serve`
 //! on it (`--server`, `--token`), with the same output, JSON and exit codes.
 
+// Each test file is compiled twice on purpose, once per mode.
+#![allow(clippy::duplicate_mod)]
+
 /// Commands open the workspace's database themselves.
 #[path = "cli"]
 mod local {

@@ -9,9 +9,8 @@ use leasehold::remote::RemoteManager;
 use leasehold::server::{ServeConfig, Server};
 use leasehold::store::postgres::{redact, PgOptions, PgStore};
 use leasehold::{
-    Database,
-    Clock, Engine, HistoryQuery, LeaseError, LeaseManager, LeaseQuery, LeaseReleaseRequest,
-    ManualClock, SystemClock,
+    Clock, Database, Engine, HistoryQuery, LeaseError, LeaseManager, LeaseQuery,
+    LeaseReleaseRequest, ManualClock, SystemClock,
 };
 
 use crate::harness::{blocking, pg_url, req, waiters_queued, T0_MS};
@@ -88,20 +87,36 @@ impl TwoServers {
         for _ in 0..2 {
             let mut config = ServeConfig::new(db.clone());
             config.listen = "127.0.0.1:0".parse().unwrap();
-            let server = Server::bind(config, Arc::new(SystemClock)).await.expect("start a server");
+            let server = Server::bind(config, Arc::new(SystemClock))
+                .await
+                .expect("start a server");
             addresses.push(format!("http://{}", server.local_addr()));
             let mut stopped = stop.subscribe();
             tasks.push(tokio::spawn(async move {
-                server.run(async move { let _ = stopped.changed().await; }).await.expect("serve");
+                server
+                    .run(async move {
+                        let _ = stopped.changed().await;
+                    })
+                    .await
+                    .expect("serve");
             }));
         }
-        TwoServers { addresses: [addresses[0].clone(), addresses[1].clone()], db, stop, tasks }
+        TwoServers {
+            addresses: [addresses[0].clone(), addresses[1].clone()],
+            db,
+            stop,
+            tasks,
+        }
     }
 
     /// A client of server `i` acting as `agent`.
     fn client(&self, i: usize, agent: &str) -> Arc<dyn LeaseManager> {
         let (db, agent) = (self.db.clone(), agent.to_string());
-        let token = blocking(move || leasehold::server::token_create(db, &agent, false).unwrap().token);
+        let token = blocking(move || {
+            leasehold::server::token_create(db, &agent, false)
+                .unwrap()
+                .token
+        });
         Arc::new(RemoteManager::new(&self.addresses[i], &token).unwrap())
     }
 
@@ -134,7 +149,10 @@ async fn two_servers_keep_exclusion_and_fencing_under_stress() {
                         granted += 1;
                         tokio::time::sleep(Duration::from_millis(2)).await;
                         for lease in got.leases {
-                            let release = LeaseReleaseRequest { lease_id: lease.id, agent_id: lease.agent_id };
+                            let release = LeaseReleaseRequest {
+                                lease_id: lease.id,
+                                agent_id: lease.agent_id,
+                            };
                             client.release_lease(release).await.unwrap();
                         }
                     }
@@ -149,13 +167,35 @@ async fn two_servers_keep_exclusion_and_fencing_under_stress() {
     for task in tasks {
         granted += task.await.unwrap();
     }
-    assert!(granted >= 80, "only {granted} grants: too little contention to prove anything");
+    assert!(
+        granted >= 80,
+        "only {granted} grants: too little contention to prove anything"
+    );
     let reader = servers.client(0, "auditor");
-    let leases = reader.get_all_leases(LeaseQuery { include_inactive: true, ..Default::default() }).await.unwrap();
-    let events = reader.get_history(HistoryQuery { limit: Some(100_000), ..Default::default() }).await.unwrap();
-    assert_eq!(leasehold::audit::holds(&leases, &events).len() as u32, granted);
+    let leases = reader
+        .get_all_leases(LeaseQuery {
+            include_inactive: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let events = reader
+        .get_history(HistoryQuery {
+            limit: Some(100_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        leasehold::audit::holds(&leases, &events).len() as u32,
+        granted
+    );
     let violations = leasehold::audit::check(&leases, &events);
-    assert!(violations.is_empty(), "{}", serde_json::to_string_pretty(&violations).unwrap());
+    assert!(
+        violations.is_empty(),
+        "{}",
+        serde_json::to_string_pretty(&violations).unwrap()
+    );
     servers.stop().await;
 }
 
@@ -167,15 +207,30 @@ async fn waiter_on_server_a_is_granted_after_a_release_through_server_b() {
     let servers = TwoServers::start(&schema).await;
     let holder = servers.client(1, "holder");
     let waiter = servers.client(0, "waiter");
-    let held = holder.acquire_lease(req("holder", &["x"], 60_000)).await.unwrap().leases.remove(0);
+    let held = holder
+        .acquire_lease(req("holder", &["x"], 60_000))
+        .await
+        .unwrap()
+        .leases
+        .remove(0);
     let waiting = tokio::spawn(async move {
         let mut request = req("waiter", &["x"], 60_000);
         request.wait_ms = Some(30_000);
         waiter.acquire_lease(request).await
     });
     waiters_queued(&holder, "x", 1).await;
-    holder.release_lease(LeaseReleaseRequest { lease_id: held.id, agent_id: "holder".into() }).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap().unwrap();
+    holder
+        .release_lease(LeaseReleaseRequest {
+            lease_id: held.id,
+            agent_id: "holder".into(),
+        })
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(got.leases[0].agent_id, "waiter");
     assert!(got.leases[0].fencing_token > held.fencing_token);
     servers.stop().await;
@@ -341,7 +396,11 @@ async fn servers_starting_at_once_apply_migrations_once() {
         schema.name
     ));
     let applied: Vec<(i64, bool)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    assert_eq!(applied, [(1, true), (2, true)], "each migration applied exactly once");
+    assert_eq!(
+        applied,
+        [(1, true), (2, true)],
+        "each migration applied exactly once"
+    );
     let settings = schema.admin(format!(
         "SELECT count(*) FROM \"{}\".lease_configs",
         schema.name

@@ -30,8 +30,10 @@ pub struct ServeArgs {
 /// Runs `serve`.
 pub async fn run(ctx: &Context, args: ServeArgs) -> CliResult<()> {
     if ctx.global.server.is_some() {
-        return Err(CliError::usage("server", "serve runs a server; it does not talk to one")
-            .with_help("drop --server (or unset LEASEHOLD_SERVER)"));
+        return Err(
+            CliError::usage("server", "serve runs a server; it does not talk to one")
+                .with_help("drop --server (or unset LEASEHOLD_SERVER)"),
+        );
     }
     let database = ctx.workspace()?.database;
     let mut config = ServeConfig::new(database.clone());
@@ -40,16 +42,25 @@ pub async fn run(ctx: &Context, args: ServeArgs) -> CliResult<()> {
     config.heartbeat = args.heartbeat;
     let server = Server::bind(config, Arc::new(SystemClock))
         .await
-        .map_err(|e| CliError::internal(e.to_string()).with_help("is another server on that port? try --listen 127.0.0.1:0"))?;
+        .map_err(|e| {
+            CliError::internal(e.to_string())
+                .with_help("is another server on that port? try --listen 127.0.0.1:0")
+        })?;
     let url = format!("http://{}", server.local_addr());
     // Where it listens and how to get in, for the person who started it (stderr keeps stdout
     // clean for --json).
-    eprintln!("leasehold serve: listening on {url} (database {})", database.describe());
+    eprintln!(
+        "leasehold serve: listening on {url} (database {})",
+        database.describe()
+    );
     eprintln!("  dashboard:  {url}/");
     eprintln!("  a token:    leasehold token create --agent NAME [--admin]");
     eprintln!("  use it:     LEASEHOLD_SERVER={url} LEASEHOLD_TOKEN=... leasehold list");
     if ctx.out.is_json() {
-        ctx.out.answer(&serde_json::json!({ "listening": url, "database": database.describe() }), String::new)?;
+        ctx.out.answer(
+            &serde_json::json!({ "listening": url, "database": database.describe() }),
+            String::new,
+        )?;
     }
     server
         .run(shutdown_signal())

@@ -42,8 +42,11 @@ pub enum TokenAction {
 /// Runs `token`.
 pub async fn run(ctx: &Context, args: TokenArgs) -> CliResult<()> {
     if ctx.global.server.is_some() {
-        return Err(CliError::usage("server", "tokens are managed on the server's database, not through the server")
-            .with_help("run `leasehold token ...` where the database is (drop --server)"));
+        return Err(CliError::usage(
+            "server",
+            "tokens are managed on the server's database, not through the server",
+        )
+        .with_help("run `leasehold token ...` where the database is (drop --server)"));
     }
     let database = ctx.workspace()?.database;
     // The token table is opened with blocking drivers.
@@ -90,5 +93,8 @@ fn describe(tokens: &[TokenInfo]) -> String {
             ]
         })
         .collect();
-    table(Some(&["ID", "AGENT", "ADMIN", "CREATED", "LAST USED", "REVOKED"]), &rows)
+    table(
+        Some(&["ID", "AGENT", "ADMIN", "CREATED", "LAST USED", "REVOKED"]),
+        &rows,
+    )
 }

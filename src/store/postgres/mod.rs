@@ -60,11 +60,9 @@ impl From<postgres::Error> for LeaseError {
     fn from(error: postgres::Error) -> Self {
         // Neither text names connection parameters, so no password leaks.
         match error.as_db_error() {
-            Some(db) => LeaseError::storage(format!(
-                "postgres: {} ({})",
-                db.message(),
-                db.code().code()
-            )),
+            Some(db) => {
+                LeaseError::storage(format!("postgres: {} ({})", db.message(), db.code().code()))
+            }
             None => LeaseError::storage(format!("postgres: {error}")),
         }
     }
@@ -235,7 +233,10 @@ impl PgStore {
             &[&lock_key(&self.lock_salt, "migrate")],
         )?;
         if let Some(schema) = &self.schema {
-            tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(schema)))?;
+            tx.batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                quote_ident(schema)
+            ))?;
         }
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (

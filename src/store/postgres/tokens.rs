@@ -39,7 +39,13 @@ impl TokenTable for PgTokens {
             client.execute(
                 "INSERT INTO api_tokens (id, agent_id, is_admin, token_hash, created_at)
                  VALUES ($1, $2, $3, $4, $5)",
-                &[&info.id, &info.agent_id, &info.admin, &token_hash, &info.created_at.0],
+                &[
+                    &info.id,
+                    &info.agent_id,
+                    &info.admin,
+                    &token_hash,
+                    &info.created_at.0,
+                ],
             )?;
             Ok(())
         })
@@ -50,14 +56,23 @@ impl TokenTable for PgTokens {
             "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL"
         );
         self.store.with_client(|client| {
-            client.query_opt(&sql, &[&token_hash])?.as_ref().map(token_from_row).transpose()
+            client
+                .query_opt(&sql, &[&token_hash])?
+                .as_ref()
+                .map(token_from_row)
+                .transpose()
         })
     }
 
     fn list(&self) -> Result<Vec<TokenInfo>> {
         let sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at, id");
-        self.store
-            .with_client(|client| client.query(&sql, &[])?.iter().map(token_from_row).collect())
+        self.store.with_client(|client| {
+            client
+                .query(&sql, &[])?
+                .iter()
+                .map(token_from_row)
+                .collect()
+        })
     }
 
     fn revoke(&self, id: &str, now_ms: i64) -> Result<Option<TokenInfo>> {
@@ -66,13 +81,20 @@ impl TokenTable for PgTokens {
              RETURNING {TOKEN_COLUMNS}"
         );
         self.store.with_client(|client| {
-            client.query_opt(&sql, &[&id, &now_ms])?.as_ref().map(token_from_row).transpose()
+            client
+                .query_opt(&sql, &[&id, &now_ms])?
+                .as_ref()
+                .map(token_from_row)
+                .transpose()
         })
     }
 
     fn touch(&self, id: &str, now_ms: i64) -> Result<()> {
         self.store.with_client(|client| {
-            client.execute("UPDATE api_tokens SET last_used_at = $2 WHERE id = $1", &[&id, &now_ms])?;
+            client.execute(
+                "UPDATE api_tokens SET last_used_at = $2 WHERE id = $1",
+                &[&id, &now_ms],
+            )?;
             Ok(())
         })
     }

@@ -66,7 +66,13 @@ impl TokenTable for SqliteTokens {
         self.conn()?.execute(
             "INSERT INTO api_tokens (id, agent_id, is_admin, token_hash, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![info.id, info.agent_id, info.admin, token_hash, info.created_at.0],
+            params![
+                info.id,
+                info.agent_id,
+                info.admin,
+                token_hash,
+                info.created_at.0
+            ],
         )?;
         Ok(())
     }

@@ -35,7 +35,6 @@ fn help_documents_the_exit_codes_and_version_works() {
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("leasehold "));
 }
 
-
 #[test]
 fn exit_2_for_bad_usage_in_words_and_in_json() {
     let ws = Workspace::new();
@@ -97,7 +96,6 @@ fn exit_2_for_a_bad_ttl_and_nothing_changes() {
     assert!(ws.active_leases().is_empty());
     assert!(ws.history().is_empty());
 }
-
 
 #[test]
 fn exit_3_4_5_in_json_name_the_error() {

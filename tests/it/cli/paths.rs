@@ -79,4 +79,3 @@ fn a_symlinked_directory_maps_to_its_target() {
     std::os::unix::fs::symlink(ws.root().join("src"), ws.root().join("link")).unwrap();
     assert_eq!(key_of(&ws, "", "link/main.rs"), "src/main.rs");
 }
-

@@ -18,13 +18,13 @@ const PATHS: [&str; 4] = ["a.rs", "b.rs", "src/", "src/c.rs"];
 /// What worker `worker` asks for in round `round`: paths and whether shared.
 fn request(worker: usize, round: usize) -> (Vec<&'static str>, bool) {
     let first = PATHS[(worker + round) % PATHS.len()];
-    let paths = if (worker + round) % 5 == 0 {
+    let paths = if (worker + round).is_multiple_of(5) {
         // Some requests take two paths at once, all or none.
         vec![first, PATHS[(worker + round + 1) % PATHS.len()]]
     } else {
         vec![first]
     };
-    (paths, worker % 4 == 1 && round % 2 == 0)
+    (paths, worker % 4 == 1 && round.is_multiple_of(2))
 }
 
 /// One worker: even ones acquire then release through two calls, odd ones use `exec`.
@@ -35,13 +35,17 @@ fn worker(ws: &Workspace, worker: usize) -> usize {
     for round in 0..ROUNDS {
         let (paths, shared) = request(worker, round);
         let mut args = vec!["--json"];
-        args.push(if worker % 2 == 0 { "acquire" } else { "exec" });
+        args.push(if worker.is_multiple_of(2) {
+            "acquire"
+        } else {
+            "exec"
+        });
         args.extend(["--wait", "15s", "--ttl", "30s"]);
         if shared {
             args.push("--shared");
         }
         args.extend(&paths);
-        if worker % 2 == 0 {
+        if worker.is_multiple_of(2) {
             let run = ws.run(&agent, &args);
             run.expect(0);
             let document = run.json();
@@ -154,4 +158,3 @@ fn concurrent_processes_never_hold_conflicting_leases_at_once() {
     let violations = leasehold::audit::check(&leases, &events);
     assert!(violations.is_empty(), "{violations:?}");
 }
-

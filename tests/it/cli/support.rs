@@ -48,18 +48,28 @@ impl ServerProcess {
     /// Starts `leasehold serve` on a free port in `root` and waits until it listens.
     fn start(root: &Path) -> ServerProcess {
         let mut command = Command::new(BIN);
-        command.args(["serve", "--listen", "127.0.0.1:0", "--no-background"]).current_dir(root);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--no-background"])
+            .current_dir(root);
         for var in CLI_VARS {
             command.env_remove(var);
         }
-        command.env("RUST_LOG", "warn").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        command
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = command.spawn().expect("start leasehold serve");
         let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
         let mut url = None;
         let mut line = String::new();
         while url.is_none() {
             line.clear();
-            if stderr.read_line(&mut line).expect("read the server's stderr") == 0 {
+            if stderr
+                .read_line(&mut line)
+                .expect("read the server's stderr")
+                == 0
+            {
                 panic!("leasehold serve exited before listening");
             }
             url = line
@@ -69,7 +79,11 @@ impl ServerProcess {
         }
         // Keep draining its stderr so that it never blocks on a full pipe.
         std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        ServerProcess { child, url: url.unwrap(), tokens: Mutex::new(HashMap::new()) }
+        ServerProcess {
+            child,
+            url: url.unwrap(),
+            tokens: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The token of `agent` (created on first use, with admin rights so that every command of
@@ -80,12 +94,18 @@ impl ServerProcess {
             return token.clone();
         }
         let mut command = Command::new(BIN);
-        command.args(["--json", "token", "create", "--agent", agent, "--admin"]).current_dir(root);
+        command
+            .args(["--json", "token", "create", "--agent", agent, "--admin"])
+            .current_dir(root);
         for var in CLI_VARS {
             command.env_remove(var);
         }
         let output = command.output().expect("leasehold token create");
-        assert!(output.status.success(), "token create: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "token create: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let document: Value = serde_json::from_slice(&output.stdout).expect("token JSON");
         let token = document["token"].as_str().expect("token").to_string();
         tokens.insert(agent.to_string(), token.clone());
@@ -172,7 +192,11 @@ impl Workspace {
         let root = dir.path().canonicalize().expect("canonical temp dir");
         std::fs::create_dir(root.join(".git")).expect(".git");
         let server = super::REMOTE.then(|| ServerProcess::start(&root));
-        Workspace { root, server, _dir: dir }
+        Workspace {
+            root,
+            server,
+            _dir: dir,
+        }
     }
 
     /// The root, canonical.
@@ -205,7 +229,10 @@ impl Workspace {
         }
         if let Some(server) = &self.server {
             command.env("LEASEHOLD_SERVER", &server.url);
-            command.env("LEASEHOLD_TOKEN", server.token(&self.root, acting_agent(agent, args)));
+            command.env(
+                "LEASEHOLD_TOKEN",
+                server.token(&self.root, acting_agent(agent, args)),
+            );
         }
         command.stdin(Stdio::null());
         command
