@@ -10,6 +10,10 @@ scripts/install-browser.sh
 cargo build --locked --all-targets
 # The PostgreSQL tests (the conformance suite's second store, multi-server tests) need a server:
 # with-postgres.sh installs PostgreSQL if missing and runs the tests against a throwaway cluster.
-scripts/with-postgres.sh cargo test --locked --all-targets
+# (Every target but the benches: cargo would run a harness-less bench in full.)
+scripts/with-postgres.sh cargo test --locked --lib --bins --tests --examples
+# A short smoke run of the comparison bench (leasehold's parts, dev build), so it cannot rot;
+# it asserts no timing.
+cargo test --locked --bench compare
 # The example is part of the documentation: it must run to completion.
 cargo run --locked --quiet --example lease_manager_example > /dev/null

@@ -1,0 +1,303 @@
+//! leasehold's HTTP server as a target: the server runs in a child process (this same binary,
+//! `--serve-child DB`), as Redis and etcd do, so that its memory can be read on its own and
+//! every request crosses a real loopback connection. Each client is one agent with its own
+//! token and one keep-alive HTTP/1.1 connection.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use tokio::net::TcpStream;
+
+use leasehold::server::{token_create, ServeConfig, Server};
+use leasehold::SystemClock;
+
+use crate::drive::{BoxError, Target};
+use crate::stats::Samples;
+
+/// The child side: serve `db` on a free loopback port, print the address on stdout, and stop
+/// gracefully on SIGTERM (or when the parent dies).
+pub async fn serve_child(db: PathBuf) -> Result<(), BoxError> {
+    // Die with the bench if it is killed: nothing else would stop this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+    }
+    let mut config = ServeConfig::new(db);
+    config.listen = "127.0.0.1:0".parse()?;
+    let server = Server::bind(config, Arc::new(SystemClock)).await?;
+    println!("{}", server.local_addr());
+    server.run(leasehold::server::shutdown_signal()).await?;
+    Ok(())
+}
+
+/// The server child process, stopped (SIGTERM, then waited for) when dropped.
+pub struct ServerProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    pub db: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts the child on `db` (created if needed) and waits for its address.
+    pub fn start(db: &Path) -> Result<ServerProcess, BoxError> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("--serve-child")
+            .arg(db)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or("no stdout from the server child")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let addr = match line.trim().parse() {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("the server child did not start (said {line:?})").into());
+            }
+        };
+        Ok(ServerProcess {
+            child,
+            addr,
+            db: db.to_path_buf(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `VmRSS` and `VmHWM` (peak) of the server process, in KiB.
+    pub fn memory_kib(&self) -> Option<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        };
+        Some((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
+    /// A token for `agent` (written straight into the database the server reads).
+    pub fn token(&self, agent: &str) -> Result<String, BoxError> {
+        Ok(token_create(self.db.as_path(), agent, false)?.token)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection acting as one agent.
+pub struct HttpClient {
+    sender: SendRequest<Full<Bytes>>,
+    host: String,
+    authorization: String,
+}
+
+#[derive(Deserialize)]
+struct Granted {
+    leases: Vec<LeaseId>,
+}
+
+#[derive(Deserialize)]
+struct LeaseId {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct Status {
+    waiters: Vec<serde_json::Value>,
+}
+
+impl HttpClient {
+    pub async fn connect(addr: SocketAddr, token: &str) -> Result<HttpClient, BoxError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(HttpClient {
+            sender,
+            host: addr.to_string(),
+            authorization: format!("Bearer {token}"),
+        })
+    }
+
+    async fn call(
+        &mut self,
+        method: Method,
+        uri: &str,
+        body: Option<String>,
+    ) -> Result<(StatusCode, Bytes), BoxError> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", &self.host)
+            .header("authorization", &self.authorization);
+        if body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        self.sender.ready().await?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+
+    /// `POST /v1/leases` for one path; the lease id when granted, `None` on 409 `conflict`.
+    pub async fn acquire_path(
+        &mut self,
+        path: &str,
+        wait_ms: Option<u64>,
+    ) -> Result<Option<String>, BoxError> {
+        let wait = wait_ms
+            .map(|ms| format!(",\"wait_ms\":{ms}"))
+            .unwrap_or_default();
+        let body = format!(
+            "{{\"paths\":[{}],\"ttl_ms\":30000{wait}}}",
+            serde_json::to_string(path)?
+        );
+        let (status, answer) = self.call(Method::POST, "/v1/leases", Some(body)).await?;
+        match status {
+            StatusCode::CREATED => {
+                let granted: Granted = serde_json::from_slice(&answer)?;
+                let lease = granted
+                    .leases
+                    .into_iter()
+                    .next()
+                    .ok_or("no lease in a 201")?;
+                Ok(Some(lease.id))
+            }
+            StatusCode::CONFLICT => Ok(None),
+            other => Err(format!(
+                "POST /v1/leases: {other} {}",
+                String::from_utf8_lossy(&answer)
+            )
+            .into()),
+        }
+    }
+
+    /// `DELETE /v1/leases/{id}`.
+    pub async fn release_lease(&mut self, lease_id: &str) -> Result<(), BoxError> {
+        let (status, answer) = self
+            .call(Method::DELETE, &format!("/v1/leases/{lease_id}"), None)
+            .await?;
+        if status != StatusCode::OK {
+            return Err(format!(
+                "DELETE /v1/leases: {status} {}",
+                String::from_utf8_lossy(&answer)
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// How many waiters `GET /v1/status?path=` shows for `path`.
+    async fn waiters(&mut self, path: &str) -> Result<usize, BoxError> {
+        let (status, answer) = self
+            .call(Method::GET, &format!("/v1/status?path={path}"), None)
+            .await?;
+        if status != StatusCode::OK {
+            return Err(format!("GET /v1/status: {status}").into());
+        }
+        Ok(serde_json::from_slice::<Status>(&answer)?.waiters.len())
+    }
+}
+
+impl Target for HttpClient {
+    type Held = String;
+
+    async fn acquire(&mut self, path: &str) -> Result<Option<String>, BoxError> {
+        self.acquire_path(path, None).await
+    }
+
+    async fn release(&mut self, lease_id: String) -> Result<(), BoxError> {
+        self.release_lease(&lease_id).await
+    }
+}
+
+/// Hand-off latencies over `rounds` hand-offs.
+pub struct Handoff {
+    /// From just before the holder's `DELETE` is written to the waiter's `201` fully read.
+    pub from_release_sent: Samples,
+    /// From the holder's `DELETE` answer fully read to the waiter's `201` fully read (zero when
+    /// the waiter's answer came first).
+    pub from_release_answered: Samples,
+}
+
+/// A holder takes a path; a waiter asks for it with `wait_ms` and is seen queued in
+/// `GET /v1/status`; the holder releases; the waiter's grant is timed. Then the waiter releases.
+pub async fn handoff(server: &ServerProcess, rounds: usize) -> Result<Handoff, BoxError> {
+    let mut holder = HttpClient::connect(server.addr, &server.token("handoff-holder")?).await?;
+    let mut waiter =
+        Some(HttpClient::connect(server.addr, &server.token("handoff-waiter")?).await?);
+    let mut result = Handoff {
+        from_release_sent: Samples::default(),
+        from_release_answered: Samples::default(),
+    };
+    for i in 0..rounds {
+        let path = format!("handoff/f{i}.rs");
+        let held = holder
+            .acquire_path(&path, None)
+            .await?
+            .ok_or("hand-off path already held")?;
+        let mut client = waiter.take().expect("the waiter's connection is back");
+        let wait_path = path.clone();
+        let waiting = tokio::spawn(async move {
+            let granted = client.acquire_path(&wait_path, Some(10_000)).await;
+            (Instant::now(), granted, client)
+        });
+        let queued_by = Instant::now() + Duration::from_secs(5);
+        while holder.waiters(&path).await? == 0 {
+            if Instant::now() > queued_by {
+                return Err("the waiter never showed up in the queue".into());
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let sent = Instant::now();
+        holder.release_lease(&held).await?;
+        let answered = Instant::now();
+        let (granted_at, granted, mut client) = waiting.await?;
+        let lease_id = granted?.ok_or("the waiter was refused")?;
+        result.from_release_sent.push(granted_at - sent);
+        result
+            .from_release_answered
+            .push(granted_at.saturating_duration_since(answered));
+        client.release_lease(&lease_id).await?;
+        waiter = Some(client);
+    }
+    Ok(result)
+}
