@@ -26,14 +26,14 @@ use crate::model::{
 use crate::path::LeasePath;
 use crate::rules::{self, WAITER_LIVENESS_MS};
 use crate::settings::{validate_setting, Settings};
-use crate::store::{Store, StoreTx};
+use crate::store::{Store, StoreTx, WriteFuture};
 use crate::time::Timestamp;
 
-/// A write transaction running on a blocking thread.
-type WriteTask<T> = JoinHandle<Result<(T, Vec<HistoryEvent>)>>;
+/// A write transaction submitted to the store, with the history it wrote.
+type WriteTask<T> = WriteFuture<(T, Vec<HistoryEvent>)>;
 
-/// What a [`WriteTask`] gives when joined.
-type WriteDone<T> = std::result::Result<Result<(T, Vec<HistoryEvent>)>, tokio::task::JoinError>;
+/// What a [`WriteTask`] gives when it completes.
+type WriteDone<T> = Result<(T, Vec<HistoryEvent>)>;
 
 /// How many history events the live event channel buffers for slow subscribers. A subscriber
 /// that falls further behind is told how many it missed (and the server replays them from the
@@ -54,7 +54,7 @@ impl<S: Store> Clone for Engine<S> {
 }
 
 struct Inner<S> {
-    store: S,
+    store: Arc<S>,
     clock: Arc<dyn Clock>,
     /// Woken whenever something may have freed a path: waiters in this process look again.
     changed: Arc<Notify>,
@@ -240,7 +240,7 @@ impl<S: Store> Engine<S> {
         store.attach_waker(changed.clone());
         Engine {
             inner: Arc::new(Inner {
-                store,
+                store: Arc::new(store),
                 clock,
                 changed,
                 events,
@@ -269,20 +269,19 @@ impl<S: Store> Engine<S> {
         self.finish_write(done)
     }
 
-    /// Starts `f` in a write transaction on a blocking thread. The transaction runs to its end
-    /// even if nobody awaits the handle; [`Engine::finish_write`] publishes what it did.
+    /// Submits `f` as a write transaction to the store. The transaction runs to its end even if
+    /// nobody awaits the task; [`Engine::finish_write`] publishes what it did.
     fn spawn_write<T, F>(&self, f: F) -> WriteTask<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Ctx<'_>) -> Result<T> + Send + 'static,
     {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            inner.store.write(|tx| {
+        let clock = self.inner.clock.clone();
+        self.inner.store.clone().submit_write(move |tx| {
                 let settings = settings_of(tx)?;
                 // Read the time only once the write lock is held, so that no decision is made
                 // with a time older than another writer's.
-                let now = now_in(tx, inner.clock.as_ref())?;
+                let now = now_in(tx, clock.as_ref())?;
                 let mut cx = Ctx {
                     tx,
                     now,
@@ -294,14 +293,12 @@ impl<S: Store> Engine<S> {
                     cx.tx.announce_change()?;
                 }
                 Ok((value, cx.events))
-            })
         })
     }
 
     /// Publishes the events of a finished write and wakes waiters if it may have freed a path.
     fn finish_write<T>(&self, done: WriteDone<T>) -> Result<T> {
-        let (value, events) =
-            done.map_err(|e| LeaseError::storage(format!("store task failed: {e}")))??;
+        let (value, events) = done?;
         let frees = events.iter().any(|e| frees_a_path(e.event_type));
         for event in events {
             let _ = self.inner.events.send(event);

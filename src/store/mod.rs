@@ -5,6 +5,8 @@
 pub mod postgres;
 pub mod sqlite;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,9 +14,12 @@ use tokio::sync::Notify;
 
 use uuid::Uuid;
 
-use crate::error::Result;
+use crate::error::{LeaseError, Result};
 use crate::model::{HistoryEvent, HistoryQuery, Lease, LeaseQuery, TokenInfo};
 use crate::path::LeasePath;
+
+/// A write in progress: completes with its result once committed.
+pub type WriteFuture<T> = Pin<Box<dyn Future<Output = Result<T>> + Send>>;
 
 /// A backend for the engine.
 ///
@@ -31,10 +36,30 @@ use crate::path::LeasePath;
 ///   returned before, across restarts.
 /// - `seq` is assigned in insertion order, so that it orders the queue.
 pub trait Store: Send + Sync + 'static {
-    /// Runs `f` in one write transaction and commits if it returns `Ok`.
+    /// Runs `f` in one write transaction and commits if it returns `Ok`. Blocking.
     fn write<T, F>(&self, f: F) -> Result<T>
     where
-        F: FnOnce(&mut dyn StoreTx) -> Result<T>;
+        T: Send + 'static,
+        F: FnOnce(&mut dyn StoreTx) -> Result<T> + Send + 'static;
+
+    /// Submits `f` as a write and returns a future of its committed result. The write runs to
+    /// its end even if the future is dropped. By default it runs [`Store::write`] on a
+    /// blocking thread; a store may instead queue it for a writer that commits many writes in
+    /// one transaction (group commit), as long as each caller is answered only after the
+    /// commit that holds its write, and a write that fails rolls back alone.
+    fn submit_write<T, F>(self: Arc<Self>, f: F) -> WriteFuture<T>
+    where
+        Self: Sized,
+        T: Send + 'static,
+        F: FnOnce(&mut dyn StoreTx) -> Result<T> + Send + 'static,
+    {
+        let running = tokio::task::spawn_blocking(move || self.write(f));
+        Box::pin(async move {
+            running
+                .await
+                .map_err(|e| LeaseError::storage(format!("store task failed: {e}")))?
+        })
+    }
 
     /// Runs `f` in a read-only transaction (a consistent snapshot).
     fn read<T, F>(&self, f: F) -> Result<T>

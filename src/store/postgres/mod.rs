@@ -343,7 +343,8 @@ impl Drop for PgStore {
 impl Store for PgStore {
     fn write<T, F>(&self, f: F) -> Result<T>
     where
-        F: FnOnce(&mut dyn StoreTx) -> Result<T>,
+        T: Send + 'static,
+        F: FnOnce(&mut dyn StoreTx) -> Result<T> + Send + 'static,
     {
         self.run(f)
     }

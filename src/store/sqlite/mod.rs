@@ -4,9 +4,11 @@
 //! processes never both decide a path is free. Only this module knows SQL for SQLite; it turns
 //! rows into domain types here and database errors into [`LeaseError::Storage`] in one place.
 
-use std::path::Path;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::oneshot;
 
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
@@ -16,7 +18,7 @@ use crate::error::{LeaseError, Result};
 use crate::model::{HistoryEvent, HistoryQuery, Lease, LeaseQuery};
 use crate::path::LeasePath;
 use crate::settings::SETTINGS;
-use crate::store::{Store, StoreTx};
+use crate::store::{Store, StoreTx, WriteFuture};
 use crate::time::Timestamp;
 
 /// Migrations, applied in order on open and recorded in `schema_migrations`.
@@ -45,9 +47,29 @@ impl From<rusqlite::Error> for LeaseError {
     }
 }
 
+/// How many queued writes one transaction commits at most.
+const MAX_BATCH: usize = 128;
+
+/// How many read connections are kept open for reuse.
+const READERS: usize = 4;
+
+/// What a queued write does once the batch it is in has committed (or failed to).
+type Finish = Box<dyn FnOnce(Result<()>) + Send>;
+
+/// A queued write: given the batch's transaction (or why there is none), it runs and says
+/// whether its changes stand, and how to answer its caller once the batch commits.
+type Job = Box<dyn FnOnce(Result<&mut dyn StoreTx>) -> Option<(bool, Finish)> + Send>;
+
 /// The SQLite store.
+///
+/// Writes go to one writer thread that owns the write connection and commits every write
+/// queued at that moment in one transaction (group commit): each write runs in a savepoint of
+/// its own, so one that fails rolls back alone, and each caller is answered only after the
+/// commit. Reads use a small pool of other connections, which WAL lets run beside the writer.
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    path: PathBuf,
+    jobs: Mutex<mpsc::Sender<Job>>,
+    readers: Mutex<Vec<Connection>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -67,52 +89,172 @@ impl SqliteStore {
                 })?;
             }
         }
-        let conn = Connection::open(path)
-            .map_err(|e| LeaseError::storage(format!("cannot open {}: {e}", path.display())))?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        // WAL lets readers and one writer work at once across processes; NORMAL sync keeps every
-        // commit safe from a process crash (the WAL is written before COMMIT returns), trading
-        // only the last commits on power loss for speed.
-        set_wal_mode(&conn)?;
-        keep_wal_file(&conn);
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let conn = connect(path)?;
         migrate(&conn, now_ms)?;
+        let (jobs, queue) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("leasehold-sqlite-writer".into())
+            .spawn(move || write_batches(conn, queue))
+            .map_err(|e| LeaseError::storage(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
-            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+            jobs: Mutex::new(jobs),
+            readers: Mutex::new(Vec::new()),
         })
     }
 
-    fn run<T, F>(&self, behavior: TransactionBehavior, f: F) -> Result<T>
+    /// Queues `f` for the writer; `answer` gets its result once its batch has committed.
+    fn enqueue<T, F>(&self, f: F, answer: impl FnOnce(Result<T>) + Send + 'static) -> Result<()>
     where
-        F: FnOnce(&mut dyn StoreTx) -> Result<T>,
+        T: Send + 'static,
+        F: FnOnce(&mut dyn StoreTx) -> Result<T> + Send + 'static,
     {
-        let mut conn = self
-            .conn
+        let job: Job = Box::new(move |tx| match tx {
+            Err(error) => {
+                answer(Err(error));
+                None
+            }
+            Ok(tx) => {
+                // A panicking write must not take the writer (and every later write) with it.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(tx)))
+                    .unwrap_or_else(|_| Err(LeaseError::storage("a write panicked")));
+                let stands = result.is_ok();
+                let finish: Finish = Box::new(move |committed: Result<()>| {
+                    answer(committed.and(result));
+                });
+                Some((stands, finish))
+            }
+        });
+        self.jobs
             .lock()
-            .map_err(|_| LeaseError::storage("connection lock poisoned"))?;
-        let tx = conn.transaction_with_behavior(behavior)?;
-        let mut store_tx = SqliteTx { conn: &tx };
-        let value = f(&mut store_tx)?;
-        tx.commit()?;
-        Ok(value)
+            .map_err(|_| LeaseError::storage("writer queue lock poisoned"))?
+            .send(job)
+            .map_err(|_| LeaseError::storage("the writer thread has stopped"))
+    }
+}
+
+/// Opens a connection set up for leasehold: busy timeout, WAL, `synchronous = NORMAL`.
+fn connect(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)
+        .map_err(|e| LeaseError::storage(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // WAL lets readers and one writer work at once across processes; NORMAL sync keeps every
+    // commit safe from a process crash (the WAL is written before COMMIT returns), trading
+    // only the last commits on power loss for speed.
+    set_wal_mode(&conn)?;
+    keep_wal_file(&conn);
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+/// The writer thread: takes every write queued, runs them in one `BEGIN IMMEDIATE` transaction
+/// (a savepoint each), commits once, then answers each. Ends when the store is dropped.
+fn write_batches(conn: Connection, queue: mpsc::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        run_batch(&conn, batch);
+    }
+}
+
+fn run_batch(conn: &Connection, batch: Vec<Job>) {
+    if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let error = LeaseError::from(error);
+        for job in batch {
+            job(Err(error.clone()));
+        }
+        return;
+    }
+    let mut finishes = Vec::with_capacity(batch.len());
+    for job in batch {
+        if let Err(error) = conn.execute_batch("SAVEPOINT job") {
+            job(Err(error.into()));
+            continue;
+        }
+        let mut tx = SqliteTx { conn };
+        let Some((stands, finish)) = job(Ok(&mut tx)) else {
+            continue;
+        };
+        let closed = if stands {
+            conn.execute_batch("RELEASE job")
+        } else {
+            conn.execute_batch("ROLLBACK TO job; RELEASE job")
+        };
+        match closed {
+            Ok(()) => finishes.push(finish),
+            Err(error) => finish(Err(error.into())),
+        }
+    }
+    let committed: Result<()> = conn.execute_batch("COMMIT").map_err(LeaseError::from);
+    if committed.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for finish in finishes {
+        finish(committed.clone());
     }
 }
 
 impl Store for SqliteStore {
     fn write<T, F>(&self, f: F) -> Result<T>
     where
-        F: FnOnce(&mut dyn StoreTx) -> Result<T>,
+        T: Send + 'static,
+        F: FnOnce(&mut dyn StoreTx) -> Result<T> + Send + 'static,
     {
-        self.run(TransactionBehavior::Immediate, f)
+        let (answer, result) = mpsc::sync_channel(1);
+        self.enqueue(f, move |r| {
+            let _ = answer.send(r);
+        })?;
+        result
+            .recv()
+            .map_err(|_| LeaseError::storage("the writer thread dropped a write"))?
+    }
+
+    fn submit_write<T, F>(self: Arc<Self>, f: F) -> WriteFuture<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn StoreTx) -> Result<T> + Send + 'static,
+    {
+        let (answer, result) = oneshot::channel();
+        let queued = self.enqueue(f, move |r| {
+            let _ = answer.send(r);
+        });
+        Box::pin(async move {
+            queued?;
+            result
+                .await
+                .map_err(|_| LeaseError::storage("the writer thread dropped a write"))?
+        })
     }
 
     fn read<T, F>(&self, f: F) -> Result<T>
     where
         F: FnOnce(&mut dyn StoreTx) -> Result<T>,
     {
-        self.run(TransactionBehavior::Deferred, f)
+        let pooled = self.readers.lock().ok().and_then(|mut pool| pool.pop());
+        let mut conn = match pooled {
+            Some(conn) => conn,
+            None => connect(&self.path)?,
+        };
+        let result = (|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+            let value = f(&mut SqliteTx { conn: &tx })?;
+            tx.commit()?;
+            Ok(value)
+        })();
+        if let Ok(mut pool) = self.readers.lock() {
+            if pool.len() < READERS {
+                pool.push(conn);
+            }
+        }
+        result
     }
+
 
     fn poll_interval(&self) -> Option<Duration> {
         Some(POLL_INTERVAL)
