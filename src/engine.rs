@@ -278,21 +278,21 @@ impl<S: Store> Engine<S> {
     {
         let clock = self.inner.clock.clone();
         self.inner.store.clone().submit_write(move |tx| {
-                let settings = settings_of(tx)?;
-                // Read the time only once the write lock is held, so that no decision is made
-                // with a time older than another writer's.
-                let now = now_in(tx, clock.as_ref())?;
-                let mut cx = Ctx {
-                    tx,
-                    now,
-                    settings,
-                    events: Vec::new(),
-                };
-                let value = f(&mut cx)?;
-                if cx.events.iter().any(|e| frees_a_path(e.event_type)) {
-                    cx.tx.announce_change()?;
-                }
-                Ok((value, cx.events))
+            let settings = settings_of(tx)?;
+            // Read the time only once the write lock is held, so that no decision is made
+            // with a time older than another writer's.
+            let now = now_in(tx, clock.as_ref())?;
+            let mut cx = Ctx {
+                tx,
+                now,
+                settings,
+                events: Vec::new(),
+            };
+            let value = f(&mut cx)?;
+            if cx.events.iter().any(|e| frees_a_path(e.event_type)) {
+                cx.tx.announce_change()?;
+            }
+            Ok((value, cx.events))
         })
     }
 

@@ -4,6 +4,7 @@
 //! processes never both decide a path is free. Only this module knows SQL for SQLite; it turns
 //! rows into domain types here and database errors into [`LeaseError::Storage`] in one place.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -151,6 +152,7 @@ fn connect(path: &Path) -> Result<Connection> {
 /// The writer thread: takes every write queued, runs them in one `BEGIN IMMEDIATE` transaction
 /// (a savepoint each), commits once, then answers each. Ends when the store is dropped.
 fn write_batches(conn: Connection, queue: mpsc::Receiver<Job>) {
+    let settings = RefCell::new(SettingsCache::default());
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -159,11 +161,11 @@ fn write_batches(conn: Connection, queue: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        run_batch(&conn, batch);
+        run_batch(&conn, &settings, batch);
     }
 }
 
-fn run_batch(conn: &Connection, batch: Vec<Job>) {
+fn run_batch(conn: &Connection, settings: &RefCell<SettingsCache>, batch: Vec<Job>) {
     if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
         let error = LeaseError::from(error);
         for job in batch {
@@ -177,7 +179,10 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
             job(Err(error.into()));
             continue;
         }
-        let mut tx = SqliteTx { conn };
+        let mut tx = SqliteTx {
+            conn,
+            settings: Some(settings),
+        };
         let Some((stands, finish)) = job(Ok(&mut tx)) else {
             continue;
         };
@@ -243,7 +248,10 @@ impl Store for SqliteStore {
         };
         let result = (|| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-            let value = f(&mut SqliteTx { conn: &tx })?;
+            let value = f(&mut SqliteTx {
+                conn: &tx,
+                settings: None,
+            })?;
             tx.commit()?;
             Ok(value)
         })();
@@ -254,7 +262,6 @@ impl Store for SqliteStore {
         }
         result
     }
-
 
     fn poll_interval(&self) -> Option<Duration> {
         Some(POLL_INTERVAL)
@@ -385,6 +392,22 @@ fn schema_is_current(conn: &Connection, latest: i64) -> Result<bool> {
 
 struct SqliteTx<'c> {
     conn: &'c Connection,
+    /// The writer's copy of the settings, when this transaction is the writer's.
+    settings: Option<&'c RefCell<SettingsCache>>,
+}
+
+/// The settings as last read by one connection, with the connection's `PRAGMA data_version`
+/// at the time: the version changes whenever another connection commits, and this connection's
+/// own changes to the settings clear the copy, so a copy with the current version is current.
+#[derive(Default)]
+struct SettingsCache {
+    copy: Option<(i64, Vec<(String, String)>)>,
+}
+
+fn read_settings(conn: &Connection) -> Result<Vec<(String, String)>> {
+    let mut stmt = conn.prepare_cached("SELECT key, value FROM lease_configs")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
 fn conversion_error(what: &str, error: impl std::fmt::Display) -> rusqlite::Error {
@@ -475,14 +498,27 @@ impl StoreTx for SqliteTx<'_> {
     }
 
     fn load_settings(&mut self) -> Result<Vec<(String, String)>> {
-        let mut stmt = self
+        let Some(cache) = self.settings else {
+            return read_settings(self.conn);
+        };
+        let version: i64 = self
             .conn
-            .prepare_cached("SELECT key, value FROM lease_configs")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
+        if let Some((seen, pairs)) = &cache.borrow().copy {
+            if *seen == version {
+                return Ok(pairs.clone());
+            }
+        }
+        let pairs = read_settings(self.conn)?;
+        cache.borrow_mut().copy = Some((version, pairs.clone()));
+        Ok(pairs)
     }
 
     fn save_setting(&mut self, key: &str, value: &str, now_ms: i64) -> Result<()> {
+        if let Some(cache) = self.settings {
+            cache.borrow_mut().copy = None;
+        }
         let description = SETTINGS
             .iter()
             .find(|s| s.key == key)
