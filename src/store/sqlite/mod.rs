@@ -51,6 +51,13 @@ impl From<rusqlite::Error> for LeaseError {
 /// How many queued writes one transaction commits at most.
 const MAX_BATCH: usize = 128;
 
+/// The write-ahead log size, in pages, at which the writer checkpoints by itself (normally the
+/// checkpoint thread keeps it far below).
+const WRITER_AUTOCHECKPOINT_PAGES: i64 = 20_000;
+
+/// How long the checkpoint thread lets commits gather before it checkpoints.
+const CHECKPOINT_DELAY: Duration = Duration::from_millis(100);
+
 /// How many read connections are kept open for reuse.
 const READERS: usize = 4;
 
@@ -92,11 +99,20 @@ impl SqliteStore {
         }
         let conn = connect(path)?;
         migrate(&conn, now_ms)?;
+        // The writer checkpoints only as a last resort; a thread of its own does it otherwise,
+        // so that the checkpoint's fsync is never on a commit's path.
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
         let (jobs, queue) = mpsc::channel();
+        let (dirty, committed) = mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("leasehold-sqlite-writer".into())
-            .spawn(move || write_batches(conn, queue))
+            .spawn(move || write_batches(conn, queue, dirty))
             .map_err(|e| LeaseError::storage(format!("cannot start the writer thread: {e}")))?;
+        let checkpoint_path = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("leasehold-sqlite-checkpoint".into())
+            .spawn(move || checkpoints(&checkpoint_path, committed))
+            .map_err(|e| LeaseError::storage(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
             jobs: Mutex::new(jobs),
@@ -149,9 +165,29 @@ fn connect(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// The checkpoint thread: after commits, copies the write-ahead log into the database file
+/// (PASSIVE: never blocking the writer or readers), gathering the commits of a short while into
+/// one checkpoint. Ends when the writer does.
+fn checkpoints(path: &Path, committed: mpsc::Receiver<()>) {
+    let mut conn = None;
+    while committed.recv().is_ok() {
+        std::thread::sleep(CHECKPOINT_DELAY);
+        if conn.is_none() {
+            conn = connect(path)
+                .map_err(|error| tracing::warn!(%error, "cannot open the checkpoint connection"))
+                .ok();
+        }
+        if let Some(conn) = &conn {
+            if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::debug!(%error, "checkpoint failed; the next one will retry");
+            }
+        }
+    }
+}
+
 /// The writer thread: takes every write queued, runs them in one `BEGIN IMMEDIATE` transaction
 /// (a savepoint each), commits once, then answers each. Ends when the store is dropped.
-fn write_batches(conn: Connection, queue: mpsc::Receiver<Job>) {
+fn write_batches(conn: Connection, queue: mpsc::Receiver<Job>, dirty: mpsc::SyncSender<()>) {
     let settings = RefCell::new(SettingsCache::default());
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
@@ -162,6 +198,8 @@ fn write_batches(conn: Connection, queue: mpsc::Receiver<Job>) {
             }
         }
         run_batch(&conn, &settings, batch);
+        // Wake the checkpointer; if it is already due to run, there is nothing to add.
+        let _ = dirty.try_send(());
     }
 }
 
@@ -718,5 +756,66 @@ impl StoreTx for SqliteTx<'_> {
             .conn
             .execute("DELETE FROM lease_history WHERE event_at < ?1", [before_ms])?;
         Ok(deleted as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{LeaseMode, LeaseStatus};
+
+    fn lease(n: usize) -> Lease {
+        Lease {
+            id: Uuid::new_v4(),
+            file_path: format!("f{n}.rs"),
+            agent_id: "a".into(),
+            mode: LeaseMode::Exclusive,
+            status: LeaseStatus::Active,
+            fencing_token: Some(n as u64),
+            created_at: Timestamp(0),
+            expires_at: Timestamp(1_000),
+            ttl_ms: 1_000,
+            renewal_count: 0,
+            max_renewals: None,
+            updated_at: Timestamp(0),
+            reason: None,
+            seq: 0,
+        }
+    }
+
+    /// Writes queued together share a commit, but one that fails rolls back alone and every
+    /// caller gets its own answer.
+    #[test]
+    fn a_failing_write_in_a_batch_rolls_back_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("l.db"), 0).unwrap());
+        let writers: Vec<_> = (0..48)
+            .map(|n| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let row = lease(n);
+                    let id = row.id;
+                    let answer = store.write(move |tx| {
+                        tx.insert_lease(&row)?;
+                        if n % 3 == 0 {
+                            return Err(LeaseError::invalid("test", "this write fails"));
+                        }
+                        Ok(n)
+                    });
+                    (n, id, answer)
+                })
+            })
+            .collect();
+        let answers: Vec<_> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+        for (n, id, answer) in answers {
+            let stored = store.read(move |tx| tx.lease(&id)).unwrap();
+            if n % 3 == 0 {
+                assert_eq!(answer.unwrap_err().code(), "invalid_input");
+                assert!(stored.is_none(), "write {n} failed, yet its row is there");
+            } else {
+                assert_eq!(answer.unwrap(), n);
+                assert!(stored.is_some(), "write {n} succeeded, yet its row is missing");
+            }
+        }
     }
 }
