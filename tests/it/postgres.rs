@@ -398,7 +398,7 @@ async fn servers_starting_at_once_apply_migrations_once() {
     let applied: Vec<(i64, bool)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(
         applied,
-        [(1, true), (2, true)],
+        [(1, true), (2, true), (3, true)],
         "each migration applied exactly once"
     );
     let settings = schema.admin(format!(

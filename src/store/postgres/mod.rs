@@ -38,6 +38,11 @@ use crate::time::Timestamp;
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("migrations/0001_init.sql")),
     (2, "tokens", include_str!("migrations/0002_tokens.sql")),
+    (
+        3,
+        "drop_history_by_lease",
+        include_str!("migrations/0003_drop_history_by_lease.sql"),
+    ),
 ];
 
 /// The channel on which stores announce that a path may have been freed.
