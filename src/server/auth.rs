@@ -66,10 +66,15 @@ impl FromRequestParts<AppState> for Caller {
             }
         };
         let tokens = app.inner.tokens.clone();
-        let token = token.to_string();
-        let found = tokio::task::spawn_blocking(move || tokens.authenticate(&token))
-            .await
-            .map_err(|e| LeaseError::storage(format!("token lookup task failed: {e}")))??;
+        let found = match tokens.try_authenticate(token) {
+            Some(found) => found?,
+            None => {
+                let token = token.to_string();
+                tokio::task::spawn_blocking(move || tokens.authenticate(&token))
+                    .await
+                    .map_err(|e| LeaseError::storage(format!("token lookup task failed: {e}")))??
+            }
+        };
         found.map(Caller).ok_or_else(|| {
             ApiError::Unauthorized("the token is unknown or has been revoked".into())
         })

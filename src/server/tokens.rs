@@ -112,7 +112,7 @@ impl TokenStore {
             .ok_or_else(|| LeaseError::invalid("token", format!("no token has id {id:?}")))
     }
 
-    /// Who `token` speaks for, or `None` when it is unknown or revoked.
+    /// Who `token` speaks for, or `None` when it is unknown or revoked. Blocking.
     pub fn authenticate(&self, token: &str) -> Result<Option<Identity>> {
         if !token.starts_with(TOKEN_PREFIX) {
             return Ok(None);
@@ -120,30 +120,58 @@ impl TokenStore {
         let Some(info) = self.table.find_live(&hash(token))? else {
             return Ok(None);
         };
-        let now = self.clock.now_ms();
-        let due = {
-            let mut touched = self
-                .touched
-                .lock()
-                .map_err(|_| LeaseError::storage("token cache lock poisoned"))?;
-            let last = touched.get(&info.id).copied();
-            let due = last.is_none_or(|at| now - at >= TOUCH_EVERY_MS);
-            if due {
-                touched.insert(info.id.clone(), now);
-            }
-            due
-        };
-        if due {
-            // Bookkeeping only: a busy database must neither fail nor hold up the request.
-            if let Err(error) = self.table.touch(&info.id, now) {
-                tracing::debug!(%error, "cannot record a token's last use");
-            }
+        if self.touch_due(&info)? {
+            self.touch(&info.id);
         }
-        Ok(Some(Identity {
-            token_id: info.id,
-            agent_id: info.agent_id,
-            admin: info.admin,
-        }))
+        Ok(Some(identity(info)))
+    }
+
+    /// [`TokenStore::authenticate`] without blocking, for the server's request threads: `None`
+    /// when the answer needs a blocking thread (a database across the network, a busy
+    /// connection). The token is looked up afresh every time, so a revocation by any process
+    /// takes effect on the next request; the occasional last-use write goes to a blocking
+    /// thread of its own.
+    pub(crate) fn try_authenticate(self: &Arc<Self>, token: &str) -> Option<Result<Option<Identity>>> {
+        if !token.starts_with(TOKEN_PREFIX) {
+            return Some(Ok(None));
+        }
+        let info = match self.table.try_find_live(&hash(token))? {
+            Ok(Some(info)) => info,
+            other => return Some(other.map(|_| None)),
+        };
+        match self.touch_due(&info) {
+            Ok(true) => {
+                let (tokens, id) = (self.clone(), info.id.clone());
+                tokio::task::spawn_blocking(move || tokens.touch(&id));
+            }
+            Ok(false) => {}
+            Err(error) => return Some(Err(error)),
+        }
+        Some(Ok(Some(identity(info))))
+    }
+
+    /// Whether this token's last use is due to be written (at most once a minute per token).
+    fn touch_due(&self, info: &TokenInfo) -> Result<bool> {
+        let now = self.clock.now_ms();
+        let mut touched = self
+            .touched
+            .lock()
+            .map_err(|_| LeaseError::storage("token cache lock poisoned"))?;
+        let due = touched
+            .get(&info.id)
+            .is_none_or(|at| now - at >= TOUCH_EVERY_MS);
+        if due {
+            touched.insert(info.id.clone(), now);
+        }
+        Ok(due)
+    }
+
+    /// Records a token's last use. Bookkeeping only: a busy database must neither fail nor
+    /// hold up a request.
+    fn touch(&self, id: &str) {
+        if let Err(error) = self.table.touch(id, self.clock.now_ms()) {
+            tracing::debug!(%error, "cannot record a token's last use");
+        }
     }
 
     /// Counts the live leases and waiters (rows not yet past `expires_at`), for the gauges.
@@ -157,6 +185,14 @@ impl TokenStore {
     }
 }
 
+fn identity(info: TokenInfo) -> Identity {
+    Identity {
+        token_id: info.id,
+        agent_id: info.agent_id,
+        admin: info.admin,
+    }
+}
+
 fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
     OsRng.fill_bytes(&mut bytes);
@@ -164,7 +200,13 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)] as char);
+        out.push(DIGITS[usize::from(byte & 0xf)] as char);
+    }
+    out
 }
 
 fn hash(token: &str) -> String {

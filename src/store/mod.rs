@@ -137,6 +137,12 @@ pub trait TokenTable: Send + Sync {
     fn insert(&self, info: &TokenInfo, token_hash: &str) -> Result<()>;
     /// The token with this hash, unless it is unknown or revoked.
     fn find_live(&self, token_hash: &str) -> Result<Option<TokenInfo>>;
+    /// [`TokenTable::find_live`] if it can be answered at once, without waiting on a lock or the
+    /// network (a local file whose connection is free); `None` otherwise. The server calls this
+    /// on its request threads and falls back to a blocking thread when it gets `None`.
+    fn try_find_live(&self, _token_hash: &str) -> Option<Result<Option<TokenInfo>>> {
+        None
+    }
     /// Every token, revoked ones included, oldest first.
     fn list(&self) -> Result<Vec<TokenInfo>>;
     /// Revokes a token (once; revoking again changes nothing) and returns it, or `None` when

@@ -1,6 +1,6 @@
 //! The `api_tokens` table (migration `0002_tokens.sql`) on a connection of its own.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::error::{LeaseError, Result};
 use crate::model::TokenInfo;
-use crate::store::sqlite::{SqliteStore, BUSY_TIMEOUT};
+use crate::store::sqlite::{SqliteStore, BUSY_TIMEOUT, MMAP_BYTES};
 use crate::store::TokenTable;
 use crate::time::Timestamp;
 
@@ -17,21 +17,26 @@ const TOUCH_BUSY_TIMEOUT: Duration = Duration::from_millis(50);
 
 const TOKEN_COLUMNS: &str = "id, agent_id, is_admin, created_at, revoked_at, last_used_at";
 
+/// How many connections are kept for token lookups, so that request threads rarely share one.
+const LOOKUP_CONNECTIONS: usize = 4;
+
 /// The token table of one SQLite file.
 pub struct SqliteTokens {
+    path: PathBuf,
+    /// For writes, listings and the gauges.
     conn: Mutex<Connection>,
+    /// For [`TokenTable::try_find_live`]: idle connections, taken and put back per lookup.
+    lookups: Mutex<Vec<Connection>>,
 }
 
 impl SqliteTokens {
     /// Opens the token table of the database at `path`, creating and migrating it if needed.
     pub fn open(path: &Path, now_ms: i64) -> Result<SqliteTokens> {
         drop(SqliteStore::open(path, now_ms)?);
-        let conn = Connection::open(path)
-            .map_err(|e| LeaseError::storage(format!("cannot open {}: {e}", path.display())))?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
         Ok(SqliteTokens {
-            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+            conn: Mutex::new(connect(path)?),
+            lookups: Mutex::new(Vec::new()),
         })
     }
 
@@ -48,6 +53,28 @@ impl SqliteTokens {
         let rows = statement.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
+}
+
+fn connect(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)
+        .map_err(|e| LeaseError::storage(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // Every lease write by another connection empties this connection's page cache; with the
+    // file mapped, reading the token table's pages again is a memory access, not a syscall.
+    conn.pragma_update(None, "mmap_size", MMAP_BYTES)?;
+    Ok(conn)
+}
+
+fn find_live(conn: &Connection, token_hash: &str) -> Result<Option<TokenInfo>> {
+    // TOKEN_COLUMNS, written out so that the cached statement needs no string built per call.
+    let mut statement = conn.prepare_cached(
+        "SELECT id, agent_id, is_admin, created_at, revoked_at, last_used_at
+         FROM api_tokens WHERE token_hash = ?1 AND revoked_at IS NULL",
+    )?;
+    Ok(statement
+        .query_row([token_hash], token_from_row)
+        .optional()?)
 }
 
 fn token_from_row(row: &Row<'_>) -> rusqlite::Result<TokenInfo> {
@@ -78,13 +105,28 @@ impl TokenTable for SqliteTokens {
     }
 
     fn find_live(&self, token_hash: &str) -> Result<Option<TokenInfo>> {
-        let sql = format!(
-            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ?1 AND revoked_at IS NULL"
-        );
-        Ok(self
-            .conn()?
-            .query_row(&sql, [token_hash], token_from_row)
-            .optional()?)
+        find_live(&*self.conn()?, token_hash)
+    }
+
+    fn try_find_live(&self, token_hash: &str) -> Option<Result<Option<TokenInfo>>> {
+        // A read of a small table in a local file takes microseconds. The pool's lock is held
+        // only to take or put back a connection; a new connection is opened only when every
+        // pooled one is in use (the first lookups, or more request threads than connections).
+        let pooled = self.lookups.lock().ok()?.pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => match connect(&self.path) {
+                Ok(conn) => conn,
+                Err(error) => return Some(Err(error)),
+            },
+        };
+        let found = find_live(&conn, token_hash);
+        if let Ok(mut pool) = self.lookups.lock() {
+            if pool.len() < LOOKUP_CONNECTIONS {
+                pool.push(conn);
+            }
+        }
+        Some(found)
     }
 
     fn list(&self) -> Result<Vec<TokenInfo>> {
