@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use futures_util::future::join_all;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -135,17 +136,23 @@ async fn keep_alive(
         };
         clock.sleep_until(next).await;
         let now = clock.now_ms();
-        for (i, lease) in snapshot.iter().enumerate() {
-            if due_at(lease) > now {
-                continue;
-            }
-            let result = manager
-                .renew_lease(LeaseRenewalRequest {
-                    lease_id: lease.id,
-                    agent_id: agent_id.clone(),
-                    ttl_ms: Some(lease.ttl_ms),
-                })
-                .await;
+        let due: Vec<(usize, &Lease)> = snapshot
+            .iter()
+            .enumerate()
+            .filter(|(_, lease)| due_at(lease) <= now)
+            .collect();
+        // Every due lease is renewed at once, so that a store with group commit (SQLite's
+        // writer) commits them together instead of one commit each.
+        let renewals = join_all(due.iter().map(|(_, lease)| {
+            manager.renew_lease(LeaseRenewalRequest {
+                lease_id: lease.id,
+                agent_id: agent_id.clone(),
+                ttl_ms: Some(lease.ttl_ms),
+            })
+        }))
+        .await;
+        let mut retry_at: Option<i64> = None;
+        for ((i, lease), result) in due.into_iter().zip(renewals) {
             match result {
                 Ok(renewed) => {
                     if let Ok(mut held) = leases.lock() {
@@ -155,14 +162,17 @@ async fn keep_alive(
                 Err(LeaseError::Storage { message }) if clock.now_ms() < lease.expires_at.0 => {
                     // The store may come back before the lease runs out: try again soon.
                     tracing::warn!(lease_id = %lease.id, %message, "renewal failed; retrying");
-                    let retry_at = clock.now_ms() + (lease.ttl_ms as i64 / 10).clamp(10, 1000);
-                    clock.sleep_until(retry_at).await;
+                    let at = clock.now_ms() + (lease.ttl_ms as i64 / 10).clamp(10, 1000);
+                    retry_at = Some(retry_at.map_or(at, |earlier| earlier.min(at)));
                 }
                 Err(error) => {
                     let _ = lost.send(Some(error));
                     return;
                 }
             }
+        }
+        if let Some(at) = retry_at {
+            clock.sleep_until(at).await;
         }
     }
 }
