@@ -131,7 +131,10 @@ impl TokenStore {
     /// connection). The token is looked up afresh every time, so a revocation by any process
     /// takes effect on the next request; the occasional last-use write goes to a blocking
     /// thread of its own.
-    pub(crate) fn try_authenticate(self: &Arc<Self>, token: &str) -> Option<Result<Option<Identity>>> {
+    pub(crate) fn try_authenticate(
+        self: &Arc<Self>,
+        token: &str,
+    ) -> Option<Result<Option<Identity>>> {
         if !token.starts_with(TOKEN_PREFIX) {
             return Some(Ok(None));
         }

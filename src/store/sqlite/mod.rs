@@ -496,7 +496,11 @@ impl SettingsCache {
             Ok(version) => self.version = version,
             Err(_) => self.copy = None,
         }
-        if self.copy.as_ref().is_some_and(|(seen, _)| *seen != self.version) {
+        if self
+            .copy
+            .as_ref()
+            .is_some_and(|(seen, _)| *seen != self.version)
+        {
             self.copy = None;
         }
     }
@@ -904,7 +908,10 @@ mod tests {
                 assert!(stored.is_none(), "write {n} failed, yet its row is there");
             } else {
                 assert_eq!(answer.unwrap(), n);
-                assert!(stored.is_some(), "write {n} succeeded, yet its row is missing");
+                assert!(
+                    stored.is_some(),
+                    "write {n} succeeded, yet its row is missing"
+                );
             }
         }
     }
