@@ -66,15 +66,33 @@ fn connect(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// The answer of a read that must not wait: `None` when SQLite would have had to wait for a
+/// lock, else the result.
+fn at_once<T>(read: rusqlite::Result<T>) -> Option<Result<T>> {
+    match read {
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            None
+        }
+        read => Some(read.map_err(LeaseError::from)),
+    }
+}
+
 fn find_live(conn: &Connection, token_hash: &str) -> Result<Option<TokenInfo>> {
+    Ok(query_live(conn, token_hash)?)
+}
+
+fn query_live(conn: &Connection, token_hash: &str) -> rusqlite::Result<Option<TokenInfo>> {
     // TOKEN_COLUMNS, written out so that the cached statement needs no string built per call.
     let mut statement = conn.prepare_cached(
         "SELECT id, agent_id, is_admin, created_at, revoked_at, last_used_at
          FROM api_tokens WHERE token_hash = ?1 AND revoked_at IS NULL",
     )?;
-    Ok(statement
-        .query_row([token_hash], token_from_row)
-        .optional()?)
+    statement.query_row([token_hash], token_from_row).optional()
 }
 
 fn token_from_row(row: &Row<'_>) -> rusqlite::Result<TokenInfo> {
@@ -112,21 +130,26 @@ impl TokenTable for SqliteTokens {
         // A read of a small table in a local file takes microseconds. The pool's lock is held
         // only to take or put back a connection; a new connection is opened only when every
         // pooled one is in use (the first lookups, or more request threads than connections).
+        // These connections never wait for a lock (busy timeout 0): a read that would (another
+        // connection recovering or restarting the WAL) sends the caller to a blocking thread.
         let pooled = self.lookups.lock().ok()?.pop();
         let conn = match pooled {
             Some(conn) => conn,
-            None => match connect(&self.path) {
+            None => match connect(&self.path).and_then(|conn| {
+                conn.busy_timeout(Duration::ZERO)?;
+                Ok(conn)
+            }) {
                 Ok(conn) => conn,
                 Err(error) => return Some(Err(error)),
             },
         };
-        let found = find_live(&conn, token_hash);
+        let found = query_live(&conn, token_hash);
         if let Ok(mut pool) = self.lookups.lock() {
             if pool.len() < LOOKUP_CONNECTIONS {
                 pool.push(conn);
             }
         }
-        Some(found)
+        at_once(found)
     }
 
     fn list(&self) -> Result<Vec<TokenInfo>> {
@@ -173,5 +196,43 @@ impl TokenTable for SqliteTokens {
         self.conn()?
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The server calls `try_find_live` on its request threads: it answers from the file, and
+    /// a read that would have to wait for a lock says so at once (the caller then takes a
+    /// blocking thread) instead of waiting on the request thread.
+    #[test]
+    fn lookups_answer_at_once_or_say_they_cannot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leases.db");
+        let tokens = SqliteTokens::open(&path, 0).unwrap();
+        let info = TokenInfo {
+            id: "tok_1".into(),
+            agent_id: "alice".into(),
+            admin: false,
+            created_at: Timestamp(0),
+            revoked_at: None,
+            last_used_at: None,
+        };
+        tokens.insert(&info, "hash-1").unwrap();
+        let found = tokens.try_find_live("hash-1").unwrap().unwrap();
+        assert_eq!(found.map(|t| t.agent_id), Some("alice".to_string()));
+        assert_eq!(tokens.try_find_live("hash-2").unwrap().unwrap(), None);
+        tokens.revoke("tok_1", 5).unwrap();
+        assert_eq!(tokens.try_find_live("hash-1").unwrap().unwrap(), None);
+
+        let failure = |code| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+        let busy: rusqlite::Result<()> = Err(failure(rusqlite::ffi::SQLITE_BUSY));
+        assert!(at_once(busy).is_none());
+        let locked: rusqlite::Result<()> = Err(failure(rusqlite::ffi::SQLITE_LOCKED));
+        assert!(at_once(locked).is_none());
+        let corrupt: rusqlite::Result<()> = Err(failure(rusqlite::ffi::SQLITE_CORRUPT));
+        assert_eq!(at_once(corrupt).unwrap().unwrap_err().code(), "storage");
+        assert_eq!(at_once(Ok(7)).unwrap().unwrap(), 7);
     }
 }
