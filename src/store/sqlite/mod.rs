@@ -74,12 +74,6 @@ const CHECKPOINT_DELAY: Duration = Duration::from_millis(100);
 /// The page size of a new database file, in bytes.
 const PAGE_SIZE: i64 = 1024;
 
-/// How much of the database file each connection maps into memory, in bytes. A page that is
-/// not in a connection's small page cache (a large database; a reader, whose cache is emptied
-/// whenever another connection commits) is then a memory access instead of a `pread`. Writes
-/// still go through the WAL.
-pub(crate) const MMAP_BYTES: i64 = 1 << 30;
-
 /// How many read connections are kept open for reuse.
 const READERS: usize = 4;
 
@@ -193,7 +187,6 @@ fn connect(path: &Path) -> Result<Connection> {
     // The writer runs every write of a batch in a savepoint, and SQLite keeps the pages a
     // savepoint may roll back to in a statement journal: in memory, not in a temporary file.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
-    conn.pragma_update(None, "mmap_size", MMAP_BYTES)?;
     Ok(conn)
 }
 

@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::error::{LeaseError, Result};
 use crate::model::TokenInfo;
-use crate::store::sqlite::{SqliteStore, BUSY_TIMEOUT, MMAP_BYTES};
+use crate::store::sqlite::{SqliteStore, BUSY_TIMEOUT};
 use crate::store::TokenTable;
 use crate::time::Timestamp;
 
@@ -60,9 +60,6 @@ fn connect(path: &Path) -> Result<Connection> {
         .map_err(|e| LeaseError::storage(format!("cannot open {}: {e}", path.display())))?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    // Every lease write by another connection empties this connection's page cache; with the
-    // file mapped, reading the token table's pages again is a memory access, not a syscall.
-    conn.pragma_update(None, "mmap_size", MMAP_BYTES)?;
     Ok(conn)
 }
 
