@@ -866,7 +866,16 @@ async fn dead_waiters_entry_expires_by_itself(env: &TestEnv) {
             .await
     });
     waiters_queued(m(env), "x", 1).await;
-    runtime.shutdown_background();
+    // Kill the waiter. A dead process runs nothing more, but a stopped runtime may still finish
+    // an attempt it had in flight (a blocking task, or a write queued on its store's writer):
+    // let those finish first, or one could run after the release below and take the lease.
+    // (A flake seen on PostgreSQL under load: the dead waiter was granted "x".)
+    tokio::task::spawn_blocking(move || runtime.shutdown_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    // Writes through one store are served in order: this one commits after any the waiter
+    // had queued there. There is nothing to expire yet.
+    assert_eq!(other.cleanup_expired_leases().await.unwrap(), 0);
     m(env).release_lease(release(&held)).await.unwrap();
     // The dead waiter still stands first in the queue until its entry lapses.
     assert_eq!(
