@@ -128,13 +128,10 @@ impl TokenStore {
 
     /// [`TokenStore::authenticate`] without blocking, for the server's request threads: `None`
     /// when the answer needs a blocking thread (a database across the network, a busy
-    /// connection). The token is looked up afresh every time, so a revocation by any process
-    /// takes effect on the next request; the occasional last-use write goes to a blocking
-    /// thread of its own.
-    pub(crate) fn try_authenticate(
-        self: &Arc<Self>,
-        token: &str,
-    ) -> Option<Result<Option<Identity>>> {
+    /// connection, or a last use to record, which happens at most once a minute per token and
+    /// is written before the request is answered, as by `authenticate`). The token is looked
+    /// up afresh every time, so a revocation by any process takes effect on the next request.
+    pub(crate) fn try_authenticate(&self, token: &str) -> Option<Result<Option<Identity>>> {
         if !token.starts_with(TOKEN_PREFIX) {
             return Some(Ok(None));
         }
@@ -142,15 +139,23 @@ impl TokenStore {
             Ok(Some(info)) => info,
             other => return Some(other.map(|_| None)),
         };
-        match self.touch_due(&info) {
-            Ok(true) => {
-                let (tokens, id) = (self.clone(), info.id.clone());
-                tokio::task::spawn_blocking(move || tokens.touch(&id));
-            }
-            Ok(false) => {}
-            Err(error) => return Some(Err(error)),
+        match self.touch_is_due(&info) {
+            Ok(false) => Some(Ok(Some(identity(info)))),
+            Ok(true) => None,
+            Err(error) => Some(Err(error)),
         }
-        Some(Ok(Some(identity(info))))
+    }
+
+    /// Whether this token's last use is due to be written, without claiming the write.
+    fn touch_is_due(&self, info: &TokenInfo) -> Result<bool> {
+        let now = self.clock.now_ms();
+        let touched = self
+            .touched
+            .lock()
+            .map_err(|_| LeaseError::storage("token cache lock poisoned"))?;
+        Ok(touched
+            .get(&info.id)
+            .is_none_or(|at| now - at >= TOUCH_EVERY_MS))
     }
 
     /// Whether this token's last use is due to be written (at most once a minute per token).
