@@ -120,7 +120,7 @@ impl TokenStore {
         let Some(info) = self.table.find_live(&hash(token))? else {
             return Ok(None);
         };
-        if self.touch_due(&info)? {
+        if self.touch_due(&info, true)? {
             self.touch(&info.id);
         }
         Ok(Some(identity(info)))
@@ -139,27 +139,16 @@ impl TokenStore {
             Ok(Some(info)) => info,
             other => return Some(other.map(|_| None)),
         };
-        match self.touch_is_due(&info) {
+        match self.touch_due(&info, false) {
             Ok(false) => Some(Ok(Some(identity(info)))),
             Ok(true) => None,
             Err(error) => Some(Err(error)),
         }
     }
 
-    /// Whether this token's last use is due to be written, without claiming the write.
-    fn touch_is_due(&self, info: &TokenInfo) -> Result<bool> {
-        let now = self.clock.now_ms();
-        let touched = self
-            .touched
-            .lock()
-            .map_err(|_| LeaseError::storage("token cache lock poisoned"))?;
-        Ok(touched
-            .get(&info.id)
-            .is_none_or(|at| now - at >= TOUCH_EVERY_MS))
-    }
-
     /// Whether this token's last use is due to be written (at most once a minute per token).
-    fn touch_due(&self, info: &TokenInfo) -> Result<bool> {
+    /// With `claim`, a due write is also marked as done now, so that only the caller makes it.
+    fn touch_due(&self, info: &TokenInfo, claim: bool) -> Result<bool> {
         let now = self.clock.now_ms();
         let mut touched = self
             .touched
@@ -168,7 +157,7 @@ impl TokenStore {
         let due = touched
             .get(&info.id)
             .is_none_or(|at| now - at >= TOUCH_EVERY_MS);
-        if due {
+        if due && claim {
             touched.insert(info.id.clone(), now);
         }
         Ok(due)

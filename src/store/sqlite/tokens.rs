@@ -79,10 +79,6 @@ fn at_once<T>(read: rusqlite::Result<T>) -> Option<Result<T>> {
     }
 }
 
-fn find_live(conn: &Connection, token_hash: &str) -> Result<Option<TokenInfo>> {
-    Ok(query_live(conn, token_hash)?)
-}
-
 fn query_live(conn: &Connection, token_hash: &str) -> rusqlite::Result<Option<TokenInfo>> {
     // TOKEN_COLUMNS, written out so that the cached statement needs no string built per call.
     let mut statement = conn.prepare_cached(
@@ -120,7 +116,7 @@ impl TokenTable for SqliteTokens {
     }
 
     fn find_live(&self, token_hash: &str) -> Result<Option<TokenInfo>> {
-        find_live(&*self.conn()?, token_hash)
+        Ok(query_live(&*self.conn()?, token_hash)?)
     }
 
     fn try_find_live(&self, token_hash: &str) -> Option<Result<Option<TokenInfo>>> {
