@@ -735,6 +735,20 @@ fn waits_of(tx: &mut dyn StoreTx, agent: &str, now: i64) -> Result<Vec<WaitEdge>
     Ok(edges)
 }
 
+/// A new lease id: a version 7 UUID, whose leading bits are the time (from the engine's
+/// clock) and the rest random. Ids made close together sort close together, so a store's
+/// index of ids takes each new one near the last instead of on a random page (on SQLite, one
+/// page fewer written per acquisition; see BENCHMARKS.md). The random bits keep ids unique
+/// even when a test's clock stands still.
+fn new_lease_id(now_ms: i64) -> Uuid {
+    let ms = now_ms.max(0) as u64;
+    Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        ms / 1000,
+        (ms % 1000) as u32 * 1_000_000,
+    ))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn new_row(
     id: Uuid,
@@ -823,7 +837,11 @@ impl<S: Store> LeaseManager for Engine<S> {
             notified.as_mut().enable();
 
             let (req, queued) = (request.clone(), entries.clone());
-            let fresh_ids: Vec<Uuid> = request.paths.iter().map(|_| Uuid::new_v4()).collect();
+            let fresh_ids: Vec<Uuid> = request
+                .paths
+                .iter()
+                .map(|_| new_lease_id(self.inner.clock.now_ms()))
+                .collect();
             guard.ids = entries
                 .iter()
                 .map(|e| e.id)
