@@ -31,6 +31,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "drop_history_by_lease",
         include_str!("migrations/0003_drop_history_by_lease.sql"),
     ),
+    (
+        4,
+        "indexes_that_stay_small",
+        include_str!("migrations/0004_indexes_that_stay_small.sql"),
+    ),
 ];
 
 pub mod tokens;
@@ -52,8 +57,8 @@ macro_rules! lease_columns {
 
 const LEASE_COLUMNS: &str = lease_columns!();
 
-const HISTORY_COLUMNS: &str = "id, lease_id, agent_id, file_path, event_type, status_before, \
-     status_after, renewal_count, fencing_token, event_at, reason";
+const HISTORY_COLUMNS: &str = "h.id, h.lease_id, h.agent_id, h.file_path, h.event_type, \
+     h.status_before, h.status_after, h.renewal_count, h.fencing_token, h.event_at, h.reason";
 
 impl From<rusqlite::Error> for LeaseError {
     fn from(error: rusqlite::Error) -> Self {
@@ -560,21 +565,99 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<HistoryEvent> {
     })
 }
 
-/// The SQL condition "the `file_path` column overlaps `path`": the path itself, a folder above
-/// it, or (for a folder) anything below it, with its parameters.
-fn overlap_condition(path: &LeasePath, params: &mut Vec<Value>) -> String {
+/// The SQL condition "`column` (a path) overlaps `path`": the path itself, a folder above it,
+/// or (for a folder) anything below it, with its parameters.
+fn overlap_condition(column: &str, path: &LeasePath, params: &mut Vec<Value>) -> String {
     let mut keys = path.ancestors();
     keys.push(path.as_str().to_string());
     let marks = vec!["?"; keys.len()].join(", ");
     params.extend(keys.into_iter().map(Value::Text));
-    let mut condition = format!("(file_path IN ({marks})");
+    let mut condition = format!("({column} IN ({marks})");
     if let Some((start, end)) = path.descendant_range() {
-        condition.push_str(" OR (file_path >= ? AND file_path < ?)");
+        condition.push_str(&format!(" OR ({column} >= ? AND {column} < ?)"));
         params.push(Value::Text(start));
         params.push(Value::Text(end));
     }
     condition.push(')');
     condition
+}
+
+/// The `WHERE` condition (and `ORDER BY`, `LIMIT`) for [`StoreTx::query_leases`], with its
+/// parameters.
+fn lease_query_condition(
+    query: &LeaseQuery,
+    path: Option<&LeasePath>,
+    now_ms: i64,
+) -> (String, Vec<Value>) {
+    let mut params = Vec::new();
+    let mut conditions = vec!["1 = 1".to_string()];
+    if let Some(agent) = &query.agent_id {
+        conditions.push("agent_id = ?".into());
+        params.push(Value::Text(agent.clone()));
+    }
+    if let Some(path) = path {
+        conditions.push(overlap_condition("file_path", path, &mut params));
+    }
+    if !query.include_inactive {
+        // The first term is implied by the second, but SQLite uses an index that covers only
+        // live rows (`WHERE status IN ('active', 'pending')`) only when the query says so.
+        conditions.push(
+            "status IN ('active', 'pending') AND status = 'active' AND expires_at > ?".into(),
+        );
+        params.push(Value::Integer(now_ms));
+    }
+    let mut condition = format!("{} ORDER BY seq", conditions.join(" AND "));
+    if let Some(limit) = query.limit {
+        condition.push_str(" LIMIT ?");
+        params.push(Value::Integer(limit as i64));
+    }
+    (condition, params)
+}
+
+/// The query for [`StoreTx::query_history`], with its parameters.
+///
+/// History has no index by path or agent (each would cost a page written per event): every
+/// event's path and agent are those of its lease, so those filters go through the leases'
+/// indexes to the events of the leases found (`lease_history_by_lease`). The `CROSS JOIN` keeps
+/// SQLite from scanning the history instead.
+fn history_sql(query: &HistoryQuery, path: Option<&LeasePath>) -> (String, Vec<Value>) {
+    let mut params = Vec::new();
+    let mut conditions = vec!["1 = 1".to_string()];
+    let by_lease = path.is_some() || query.agent_id.is_some();
+    if let Some(path) = path {
+        conditions.push(overlap_condition("l.file_path", path, &mut params));
+    }
+    if let Some(agent) = &query.agent_id {
+        conditions.push("l.agent_id = ?".into());
+        params.push(Value::Text(agent.clone()));
+    }
+    if let Some(since) = query.since {
+        conditions.push("h.event_at >= ?".into());
+        params.push(Value::Integer(since.0));
+    }
+    if let Some(until) = query.until {
+        conditions.push("h.event_at < ?".into());
+        params.push(Value::Integer(until.0));
+    }
+    if let Some(after) = query.after_id {
+        conditions.push("h.id > ?".into());
+        params.push(Value::Integer(after));
+    }
+    let from = if by_lease {
+        "leases l CROSS JOIN lease_history h ON h.lease_id = l.id"
+    } else {
+        "lease_history h"
+    };
+    let order = if query.newest_first { "DESC" } else { "ASC" };
+    let mut sql = format!(
+        "SELECT {HISTORY_COLUMNS} FROM {from} WHERE {} ORDER BY h.id {order}",
+        conditions.join(" AND ")
+    );
+    if let Some(limit) = query.limit {
+        sql.push_str(" LIMIT ?");
+        params.push(Value::Integer(limit as i64));
+    }
+    (sql, params)
 }
 
 impl SqliteTx<'_> {
@@ -747,24 +830,7 @@ impl StoreTx for SqliteTx<'_> {
         path: Option<&LeasePath>,
         now_ms: i64,
     ) -> Result<Vec<Lease>> {
-        let mut params = Vec::new();
-        let mut conditions = vec!["1 = 1".to_string()];
-        if let Some(agent) = &query.agent_id {
-            conditions.push("agent_id = ?".into());
-            params.push(Value::Text(agent.clone()));
-        }
-        if let Some(path) = path {
-            conditions.push(overlap_condition(path, &mut params));
-        }
-        if !query.include_inactive {
-            conditions.push("status = 'active' AND expires_at > ?".into());
-            params.push(Value::Integer(now_ms));
-        }
-        let mut condition = format!("{} ORDER BY seq", conditions.join(" AND "));
-        if let Some(limit) = query.limit {
-            condition.push_str(" LIMIT ?");
-            params.push(Value::Integer(limit as i64));
-        }
+        let (condition, params) = lease_query_condition(query, path, now_ms);
         self.leases_where(&condition, params)
     }
 
@@ -803,36 +869,7 @@ impl StoreTx for SqliteTx<'_> {
         query: &HistoryQuery,
         path: Option<&LeasePath>,
     ) -> Result<Vec<HistoryEvent>> {
-        let mut params = Vec::new();
-        let mut conditions = vec!["1 = 1".to_string()];
-        if let Some(path) = path {
-            conditions.push(overlap_condition(path, &mut params));
-        }
-        if let Some(agent) = &query.agent_id {
-            conditions.push("agent_id = ?".into());
-            params.push(Value::Text(agent.clone()));
-        }
-        if let Some(since) = query.since {
-            conditions.push("event_at >= ?".into());
-            params.push(Value::Integer(since.0));
-        }
-        if let Some(until) = query.until {
-            conditions.push("event_at < ?".into());
-            params.push(Value::Integer(until.0));
-        }
-        if let Some(after) = query.after_id {
-            conditions.push("id > ?".into());
-            params.push(Value::Integer(after));
-        }
-        let order = if query.newest_first { "DESC" } else { "ASC" };
-        let mut sql = format!(
-            "SELECT {HISTORY_COLUMNS} FROM lease_history WHERE {} ORDER BY id {order}",
-            conditions.join(" AND ")
-        );
-        if let Some(limit) = query.limit {
-            sql.push_str(" LIMIT ?");
-            params.push(Value::Integer(limit as i64));
-        }
+        let (sql, params) = history_sql(query, path);
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(params), event_from_row)?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -868,6 +905,48 @@ mod tests {
             reason: None,
             seq: 0,
         }
+    }
+
+    /// History by path or agent, and an agent's live leases, are found through small or
+    /// time-ordered indexes: never by scanning the history or every lease the agent ever held.
+    #[test]
+    fn filtered_reads_use_the_indexes_meant_for_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("l.db");
+        drop(SqliteStore::open(&db, 0).unwrap());
+        let conn = connect(&db).unwrap();
+        let plan = |sql: &str, params: Vec<Value>| -> String {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let steps = stmt
+                .query_map(rusqlite::params_from_iter(params), |r| r.get::<_, String>(3))
+                .unwrap();
+            steps.map(|s| s.unwrap()).collect::<Vec<_>>().join("; ")
+        };
+        let folder = LeasePath::parse("src/").unwrap();
+        let file = LeasePath::parse("src/a/b.rs").unwrap();
+        let by_agent = HistoryQuery {
+            agent_id: Some("a".into()),
+            ..HistoryQuery::default()
+        };
+        for (query, path) in [
+            (&HistoryQuery::default(), Some(&folder)),
+            (&HistoryQuery::default(), Some(&file)),
+            (&by_agent, None),
+        ] {
+            let (sql, params) = history_sql(query, path);
+            let steps = plan(&sql, params);
+            assert!(
+                steps.contains("lease_history_by_lease") && !steps.contains("SCAN"),
+                "history query scans: {steps}"
+            );
+        }
+        let live = LeaseQuery {
+            agent_id: Some("a".into()),
+            ..LeaseQuery::default()
+        };
+        let (condition, params) = lease_query_condition(&live, None, 0);
+        let steps = plan(&format!("SELECT seq FROM leases WHERE {condition}"), params);
+        assert!(steps.contains("leases_live_by_agent"), "{steps}");
     }
 
     /// Writes queued together share a commit, but one that fails rolls back alone and every
