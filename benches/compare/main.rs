@@ -135,8 +135,7 @@ const PARTS: &[&str] = &[
     "keepalive",
 ];
 
-#[tokio::main]
-async fn main() {
+fn main() {
     // `cargo bench` passes `--bench`; `cargo test --all-targets` runs every bench target too, with
     // no argument at all. That run is the test suite's smoke run of this harness, so that it
     // cannot rot: leasehold's parts only (no other service needed), for a moment each.
@@ -151,7 +150,14 @@ async fn main() {
         args.only = vec!["leasehold".to_string()];
     }
     if let Some(db) = args.serve_child.take() {
-        if let Err(error) = server::serve_child(db).await {
+        // The runtime `leasehold serve` runs on (`src/cli/mod.rs`): one thread for the HTTP
+        // side, beside the store's writer and checkpoint threads.
+        let served = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(BoxError::from)
+            .and_then(|runtime| runtime.block_on(server::serve_child(db)));
+        if let Err(error) = served {
             eprintln!("error: the leasehold server child failed: {error}");
             std::process::exit(1);
         }
@@ -169,7 +175,12 @@ async fn main() {
         std::process::exit(2);
     }
     args.apply_smoke();
-    if let Err(error) = run(&args).await {
+    let measured = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(BoxError::from)
+        .and_then(|runtime| runtime.block_on(run(&args)));
+    if let Err(error) = measured {
         eprintln!("error: {error}");
         std::process::exit(1);
     }
