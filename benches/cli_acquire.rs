@@ -79,7 +79,8 @@ fn seed(db: &Path, count: usize) {
             )
             .expect("prepare");
         for i in 0..count {
-            let id = uuid::Uuid::new_v4().to_string();
+            // Time-ordered, as the ids leasehold makes.
+            let id = uuid::Uuid::now_v7().to_string();
             let path = format!("src/module{}/file{i}.rs", i / 100);
             let agent = format!("agent-{}", i % 64);
             let token = i as i64 + 1;

@@ -118,7 +118,8 @@ pub fn prefill(db: &Path, fills: &[Fill], rebuild_indexes: bool) -> Result<(), B
             for i in 0..fill.count {
                 token += 1;
                 insert.execute(params![
-                    Uuid::new_v4().to_string(),
+                    // Time-ordered, as the ids leasehold makes.
+                    Uuid::now_v7().to_string(),
                     format!("{}/d{}/f{i}.rs", fill.prefix, i / 100),
                     format!("{}{}", fill.agent_prefix, i % fill.agents.max(1)),
                     token,

@@ -70,7 +70,8 @@ fn live_conflict(conn: &Connection, path: &str, now: i64) -> rusqlite::Result<bo
 
 /// The acquisition's writes: the lease row and its `acquired` history row. Returns the id.
 fn insert_lease(conn: &Connection, path: &str, agent: &str, now: i64) -> rusqlite::Result<String> {
-    let id = uuid::Uuid::new_v4().to_string();
+    // Time-ordered, as the ids leasehold makes.
+    let id = uuid::Uuid::now_v7().to_string();
     conn.prepare_cached(
         "INSERT INTO leases (id, file_path, agent_id, mode, status, fencing_token, created_at,
              expires_at, ttl_ms, renewal_count, max_renewals, updated_at, reason)
