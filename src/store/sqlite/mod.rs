@@ -36,6 +36,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "indexes_that_stay_small",
         include_str!("migrations/0004_indexes_that_stay_small.sql"),
     ),
+    (
+        5,
+        "agent_index_by_expiry",
+        include_str!("migrations/0005_agent_index_by_expiry.sql"),
+    ),
 ];
 
 pub mod tokens;
@@ -788,15 +793,42 @@ impl StoreTx for SqliteTx<'_> {
     }
 
     fn update_lease(&mut self, lease: &Lease) -> Result<()> {
-        let mut stmt = self.conn.prepare_cached(
+        // By `seq`, the row id, which every stored lease carries: no lookup in the index of
+        // ids. The id must still match, so a stale `seq` changes nothing.
+        //
+        // Most updates (a release, an expiry, a failed wait) leave the expiry as it was. SQLite
+        // rewrites an index entry whenever a column of that index is in the SET list, changed or
+        // not, so those go first through a statement without `expires_at` and `ttl_ms`, which
+        // matches only when both are unchanged; the index by agent and expiry is then left
+        // alone. Anything else (a renewal, a grant) takes the full statement.
+        let id = lease.id.to_string();
+        let mut same_expiry = self.conn.prepare_cached(
+            "UPDATE leases SET status = ?2, fencing_token = ?3, renewal_count = ?4,
+                 max_renewals = ?5, updated_at = ?6, reason = ?7
+             WHERE seq = ?8 AND id = ?1 AND expires_at = ?9 AND ttl_ms = ?10",
+        )?;
+        let changed = same_expiry.execute(params![
+            id,
+            lease.status.as_str(),
+            lease.fencing_token.map(|t| t as i64),
+            lease.renewal_count as i64,
+            lease.max_renewals.map(|m| m as i64),
+            lease.updated_at.0,
+            lease.reason,
+            lease.seq,
+            lease.expires_at.0,
+            lease.ttl_ms as i64,
+        ])?;
+        if changed == 1 {
+            return Ok(());
+        }
+        let mut full = self.conn.prepare_cached(
             "UPDATE leases SET status = ?2, fencing_token = ?3, expires_at = ?4, ttl_ms = ?5,
                  renewal_count = ?6, max_renewals = ?7, updated_at = ?8, reason = ?9
              WHERE seq = ?10 AND id = ?1",
         )?;
-        // By `seq`, the row id, which every stored lease carries: no lookup in the index of
-        // random ids. The id must still match, so a stale `seq` changes nothing.
-        let changed = stmt.execute(params![
-            lease.id.to_string(),
+        let changed = full.execute(params![
+            id,
             lease.status.as_str(),
             lease.fencing_token.map(|t| t as i64),
             lease.expires_at.0,
@@ -907,8 +939,8 @@ mod tests {
         }
     }
 
-    /// History by path or agent, and an agent's live leases, are found through small or
-    /// time-ordered indexes: never by scanning the history or every lease the agent ever held.
+    /// History by path or agent, and an agent's live leases, are found through the indexes
+    /// meant for them: never by scanning the history, nor every lease the agent ever held.
     #[test]
     fn filtered_reads_use_the_indexes_meant_for_them() {
         let dir = tempfile::tempdir().unwrap();
@@ -946,7 +978,10 @@ mod tests {
         };
         let (condition, params) = lease_query_condition(&live, None, 0);
         let steps = plan(&format!("SELECT seq FROM leases WHERE {condition}"), params);
-        assert!(steps.contains("leases_live_by_agent"), "{steps}");
+        assert!(
+            steps.contains("leases_by_agent (agent_id=? AND expires_at>?)"),
+            "{steps}"
+        );
     }
 
     /// Writes queued together share a commit, but one that fails rolls back alone and every
