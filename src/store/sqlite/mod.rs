@@ -224,6 +224,7 @@ fn checkpoints(path: &Path, committed: mpsc::Receiver<()>) {
 /// (a savepoint each), commits once, then answers each. Ends when the store is dropped.
 fn write_batches(conn: Connection, queue: mpsc::Receiver<Job>, dirty: mpsc::SyncSender<()>) {
     let settings = RefCell::new(SettingsCache::default());
+    let fencing = RefCell::new(Fencing::default());
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -232,7 +233,7 @@ fn write_batches(conn: Connection, queue: mpsc::Receiver<Job>, dirty: mpsc::Sync
                 Err(_) => break,
             }
         }
-        run_batch(&conn, &settings, batch);
+        run_batch(&conn, &settings, &fencing, batch);
         // Wake the checkpointer; if it is already due to run, there is nothing to add.
         let _ = dirty.try_send(());
     }
@@ -244,7 +245,12 @@ fn run_cached(conn: &Connection, sql: &str) -> Result<()> {
     Ok(())
 }
 
-fn run_batch(conn: &Connection, settings: &RefCell<SettingsCache>, batch: Vec<Job>) {
+fn run_batch(
+    conn: &Connection,
+    settings: &RefCell<SettingsCache>,
+    fencing: &RefCell<Fencing>,
+    batch: Vec<Job>,
+) {
     if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
         let error = LeaseError::from(error);
         for job in batch {
@@ -264,6 +270,7 @@ fn run_batch(conn: &Connection, settings: &RefCell<SettingsCache>, batch: Vec<Jo
         let mut tx = SqliteTx {
             conn,
             settings: Some(settings),
+            fencing: Some(fencing),
         };
         let Some((stands, finish)) = job(Ok(&mut tx)) else {
             continue;
@@ -278,7 +285,10 @@ fn run_batch(conn: &Connection, settings: &RefCell<SettingsCache>, batch: Vec<Jo
             Err(error) => finish(Err(error)),
         }
     }
-    let committed: Result<()> = conn.execute_batch("COMMIT").map_err(LeaseError::from);
+    let committed: Result<()> = fencing
+        .borrow_mut()
+        .store(conn)
+        .and_then(|()| conn.execute_batch("COMMIT").map_err(LeaseError::from));
     if committed.is_err() {
         let _ = conn.execute_batch("ROLLBACK");
     }
@@ -333,6 +343,7 @@ impl Store for SqliteStore {
             let value = f(&mut SqliteTx {
                 conn: &tx,
                 settings: None,
+                fencing: None,
             })?;
             tx.commit()?;
             Ok(value)
@@ -476,6 +487,48 @@ struct SqliteTx<'c> {
     conn: &'c Connection,
     /// The writer's copy of the settings, when this transaction is the writer's.
     settings: Option<&'c RefCell<SettingsCache>>,
+    /// The writer's fencing counter for the running batch, when this transaction is the
+    /// writer's.
+    fencing: Option<&'c RefCell<Fencing>>,
+}
+
+/// The fencing counter as the writer hands it out within one batch: read from the `fencing`
+/// row at the batch's first grant (the write lock is held, so the row is current), counted up
+/// in memory, and written back once before the batch commits. A write that rolls back to its
+/// savepoint burns the tokens it took; that only leaves gaps, and tokens still only grow.
+#[derive(Default)]
+struct Fencing {
+    /// The last token handed out in the running batch, once one has been.
+    current: Option<i64>,
+    /// The highest token this writer ever handed out, kept across batches so that a batch
+    /// whose commit failed (its tokens never stored) is never followed by smaller ones.
+    highest: i64,
+}
+
+impl Fencing {
+    fn next(&mut self, conn: &Connection) -> Result<u64> {
+        let last = match self.current {
+            Some(last) => last,
+            None => {
+                let mut stmt = conn.prepare_cached("SELECT last_token FROM fencing WHERE id = 1")?;
+                let stored: i64 = stmt.query_row([], |r| r.get(0))?;
+                stored.max(self.highest)
+            }
+        };
+        let token = last + 1;
+        self.current = Some(token);
+        self.highest = token;
+        Ok(token as u64)
+    }
+
+    /// Stores the batch's last token, if it handed any out, and starts afresh for the next.
+    fn store(&mut self, conn: &Connection) -> Result<()> {
+        if let Some(last) = self.current.take() {
+            conn.prepare_cached("UPDATE fencing SET last_token = ?1 WHERE id = 1")?
+                .execute([last])?;
+        }
+        Ok(())
+    }
 }
 
 /// The settings as last read by the writer, with its connection's `PRAGMA data_version` at the
@@ -849,6 +902,9 @@ impl StoreTx for SqliteTx<'_> {
     }
 
     fn next_fencing_token(&mut self) -> Result<u64> {
+        if let Some(fencing) = self.fencing {
+            return fencing.borrow_mut().next(self.conn);
+        }
         let mut stmt = self.conn.prepare_cached(
             "UPDATE fencing SET last_token = last_token + 1 WHERE id = 1 RETURNING last_token",
         )?;
@@ -937,6 +993,43 @@ mod tests {
             reason: None,
             seq: 0,
         }
+    }
+
+    /// Tokens handed out within a batch are counted in memory and stored once per batch: they
+    /// are still unique and growing when writes of the batch fail, and a store opened afresh on
+    /// the file continues above every token handed out, including those of failed writes.
+    #[test]
+    fn fencing_tokens_grow_across_batches_failures_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("l.db");
+        let store = Arc::new(SqliteStore::open(&db, 0).unwrap());
+        let writers: Vec<_> = (0..48)
+            .map(|n| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    store.write(move |tx| {
+                        let token = tx.next_fencing_token()?;
+                        if n % 3 == 0 {
+                            return Err(LeaseError::invalid("test", "this write fails"));
+                        }
+                        Ok(token)
+                    })
+                })
+            })
+            .collect();
+        let mut tokens: Vec<u64> = writers
+            .into_iter()
+            .filter_map(|w| w.join().unwrap().ok())
+            .collect();
+        assert_eq!(tokens.len(), 32);
+        tokens.sort_unstable();
+        tokens.dedup();
+        assert_eq!(tokens.len(), 32, "a token was handed out twice");
+        let highest = *tokens.last().unwrap();
+        drop(store);
+        let reopened = SqliteStore::open(&db, 0).unwrap();
+        let next = reopened.write(|tx| tx.next_fencing_token()).unwrap();
+        assert!(next > highest, "{next} after {highest}");
     }
 
     /// History by path or agent, and an agent's live leases, are found through the indexes
