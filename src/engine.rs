@@ -278,7 +278,7 @@ impl<S: Store> Engine<S> {
     {
         let clock = self.inner.clock.clone();
         self.inner.store.clone().submit_write(move |tx| {
-            let settings = settings_of(tx)?;
+            let settings = tx.settings()?;
             // Read the time only once the write lock is held, so that no decision is made
             // with a time older than another writer's.
             let now = now_in(tx, clock.as_ref())?;
@@ -445,10 +445,6 @@ fn frees_a_path(event_type: EventType) -> bool {
     !matches!(event_type, EventType::Acquired | EventType::Renewed)
 }
 
-fn settings_of(tx: &mut dyn StoreTx) -> Result<Settings> {
-    let pairs = tx.load_settings()?;
-    Settings::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-}
 
 /// One attempt to take every path of `request`, in the caller's transaction.
 ///
@@ -1069,7 +1065,7 @@ impl<S: Store> LeaseManager for Engine<S> {
     }
 
     async fn get_settings(&self) -> Result<Settings> {
-        self.read(|tx, _| settings_of(tx)).await
+        self.read(|tx, _| tx.settings()).await
     }
 
     async fn update_setting(&self, key: &str, value: &str) -> Result<Settings> {

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::error::{LeaseError, Result};
 use crate::model::{HistoryEvent, HistoryQuery, Lease, LeaseQuery, TokenInfo};
 use crate::path::LeasePath;
+use crate::settings::Settings;
 
 /// A write in progress: completes with its result once committed.
 pub type WriteFuture<T> = Pin<Box<dyn Future<Output = Result<T>> + Send>>;
@@ -94,6 +95,12 @@ pub trait StoreTx {
     }
     /// The stored settings as `(key, value)`.
     fn load_settings(&mut self) -> Result<Vec<(String, String)>>;
+    /// The stored settings, typed. A store that keeps a copy of the settings may keep the typed
+    /// copy too, instead of parsing them for every transaction.
+    fn settings(&mut self) -> Result<Settings> {
+        let pairs = self.load_settings()?;
+        Settings::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
     /// Stores one setting, already validated.
     fn save_setting(&mut self, key: &str, value: &str, now_ms: i64) -> Result<()>;
     /// Active and pending rows whose path overlaps `path` and whose `expires_at` is after `now_ms`.

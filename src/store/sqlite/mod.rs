@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::error::{LeaseError, Result};
 use crate::model::{HistoryEvent, HistoryQuery, Lease, LeaseQuery};
 use crate::path::LeasePath;
-use crate::settings::SETTINGS;
+use crate::settings::{Settings, SETTINGS};
 use crate::store::{Store, StoreTx, WriteFuture};
 use crate::time::Timestamp;
 
@@ -536,9 +536,19 @@ impl Fencing {
 /// to the settings clear the copy, so a copy with the current version is current.
 #[derive(Default)]
 struct SettingsCache {
-    copy: Option<(i64, Vec<(String, String)>)>,
+    copy: Option<SettingsCopy>,
     /// `data_version` as read at the start of the running batch.
     version: i64,
+}
+
+/// The settings as stored, as `(key, value)` pairs.
+type SettingPairs = Vec<(String, String)>;
+
+/// The settings as read at one `data_version`: as stored and typed.
+struct SettingsCopy {
+    version: i64,
+    pairs: SettingPairs,
+    typed: Settings,
 }
 
 impl SettingsCache {
@@ -555,14 +565,14 @@ impl SettingsCache {
         if self
             .copy
             .as_ref()
-            .is_some_and(|(seen, _)| *seen != self.version)
+            .is_some_and(|copy| copy.version != self.version)
         {
             self.copy = None;
         }
     }
 }
 
-fn read_settings(conn: &Connection) -> Result<Vec<(String, String)>> {
+fn read_settings(conn: &Connection) -> Result<SettingPairs> {
     let mut stmt = conn.prepare_cached("SELECT key, value FROM lease_configs")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -719,6 +729,32 @@ fn history_sql(query: &HistoryQuery, path: Option<&LeasePath>) -> (String, Vec<V
 }
 
 impl SqliteTx<'_> {
+    /// The settings, typed, and as pairs when `pairs` is asked for: the writer's copy when it
+    /// is current, else read (and, for the writer, kept).
+    fn cached_settings(&self, pairs: bool) -> Result<(Option<SettingPairs>, Settings)> {
+        let parse = |pairs: &[(String, String)]| {
+            Settings::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        };
+        let wanted = |read: &SettingPairs| pairs.then(|| read.clone());
+        let Some(cache) = self.settings else {
+            let read = read_settings(self.conn)?;
+            return Ok((wanted(&read), parse(&read)?));
+        };
+        if let Some(copy) = &cache.borrow().copy {
+            return Ok((wanted(&copy.pairs), copy.typed.clone()));
+        }
+        let read = read_settings(self.conn)?;
+        let typed = parse(&read)?;
+        let answer = (wanted(&read), typed.clone());
+        let mut cache = cache.borrow_mut();
+        cache.copy = Some(SettingsCopy {
+            version: cache.version,
+            pairs: read,
+            typed,
+        });
+        Ok(answer)
+    }
+
     fn leases_where(&self, condition: &str, params: Vec<Value>) -> Result<Vec<Lease>> {
         let sql = format!("SELECT {LEASE_COLUMNS} FROM leases WHERE {condition}");
         let mut stmt = self.conn.prepare_cached(&sql)?;
@@ -734,16 +770,11 @@ impl StoreTx for SqliteTx<'_> {
     }
 
     fn load_settings(&mut self) -> Result<Vec<(String, String)>> {
-        let Some(cache) = self.settings else {
-            return read_settings(self.conn);
-        };
-        if let Some((_, pairs)) = &cache.borrow().copy {
-            return Ok(pairs.clone());
-        }
-        let pairs = read_settings(self.conn)?;
-        let mut cache = cache.borrow_mut();
-        cache.copy = Some((cache.version, pairs.clone()));
-        Ok(pairs)
+        Ok(self.cached_settings(true)?.0.unwrap_or_default())
+    }
+
+    fn settings(&mut self) -> Result<Settings> {
+        Ok(self.cached_settings(false)?.1)
     }
 
     fn save_setting(&mut self, key: &str, value: &str, now_ms: i64) -> Result<()> {
