@@ -109,18 +109,15 @@ impl Ctx<'_> {
         Ok(lease)
     }
 
-    /// Writes a history event for `lease` (unless history is off).
-    fn record(
-        &mut self,
+    /// The history event for `lease` as it is now.
+    fn event(
+        &self,
         event_type: EventType,
         lease: &Lease,
         status_before: Option<LeaseStatus>,
         reason: Option<&str>,
-    ) -> Result<()> {
-        if !self.settings.keep_history {
-            return Ok(());
-        }
-        let event = HistoryEvent {
+    ) -> HistoryEvent {
+        HistoryEvent {
             id: 0,
             lease_id: lease.id,
             agent_id: lease.agent_id.clone(),
@@ -132,7 +129,21 @@ impl Ctx<'_> {
             fencing_token: lease.fencing_token,
             event_at: Timestamp(self.now),
             reason: reason.map(str::to_string).or_else(|| lease.reason.clone()),
-        };
+        }
+    }
+
+    /// Writes a history event for `lease` (unless history is off).
+    fn record(
+        &mut self,
+        event_type: EventType,
+        lease: &Lease,
+        status_before: Option<LeaseStatus>,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        if !self.settings.keep_history {
+            return Ok(());
+        }
+        let event = self.event(event_type, lease, status_before, reason);
         let stored = self.tx.insert_history(&event)?;
         self.events.push(stored);
         Ok(())
@@ -693,20 +704,31 @@ fn cleanup_batch(cx: &mut Ctx<'_>) -> Result<(u64, bool)> {
         due = cx.tx.due_for_expiry(cx.now, CLEANUP_BATCH)?;
         due.retain(|d| ids.contains(&d.id));
     }
+    // Every lapsed row of the batch is written at once, and its events after it: a store may
+    // write many rows with one statement (SQLite does), which is most of cleanup's cost.
     let mut expired = 0;
-    for mut lease in due {
-        if lease.status == LeaseStatus::Active {
-            cx.transition(&mut lease, LeaseStatus::Expired, EventType::Expired, None)?;
+    let mut events = Vec::with_capacity(due.len());
+    for lease in &mut due {
+        let before = lease.status;
+        let (event_type, reason) = if before == LeaseStatus::Active {
+            lease.status = LeaseStatus::Expired;
             expired += 1;
+            (EventType::Expired, None)
         } else {
-            cx.transition(
-                &mut lease,
-                LeaseStatus::Failed,
+            lease.status = LeaseStatus::Failed;
+            (
                 EventType::WaitFailed,
                 Some("waiter stopped refreshing its queue entry"),
-            )?;
+            )
+        };
+        lease.updated_at = Timestamp(cx.now);
+        if cx.settings.keep_history {
+            events.push(cx.event(event_type, lease, Some(before), reason));
         }
     }
+    cx.tx.update_leases(&due)?;
+    let stored = cx.tx.insert_history_many(&events)?;
+    cx.events.extend(stored);
     Ok((expired, more))
 }
 

@@ -113,6 +113,10 @@ pub trait StoreTx {
     fn insert_lease(&mut self, lease: &Lease) -> Result<i64>;
     /// Writes every field of an existing lease (matched by id).
     fn update_lease(&mut self, lease: &Lease) -> Result<()>;
+    /// [`StoreTx::update_lease`] for each of `leases`; a store may write them together.
+    fn update_leases(&mut self, leases: &[Lease]) -> Result<()> {
+        leases.iter().try_for_each(|lease| self.update_lease(lease))
+    }
     /// The next fencing token.
     fn next_fencing_token(&mut self) -> Result<u64>;
     /// Leases matching `query`; with `include_inactive` false, only those active at `now_ms`.
@@ -127,6 +131,11 @@ pub trait StoreTx {
     fn due_for_expiry(&mut self, now_ms: i64, limit: usize) -> Result<Vec<Lease>>;
     /// Appends a history event (its `id` is ignored) and returns it with the id it was given.
     fn insert_history(&mut self, event: &HistoryEvent) -> Result<HistoryEvent>;
+    /// [`StoreTx::insert_history`] for each of `events`, in order; a store may write them
+    /// together. Returns them with their ids, in the same order.
+    fn insert_history_many(&mut self, events: &[HistoryEvent]) -> Result<Vec<HistoryEvent>> {
+        events.iter().map(|event| self.insert_history(event)).collect()
+    }
     /// History events matching `query`.
     fn query_history(
         &mut self,

@@ -5,8 +5,9 @@
 //! rows into domain types here and database errors into [`LeaseError::Storage`] in one place.
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -70,6 +71,14 @@ impl From<rusqlite::Error> for LeaseError {
         LeaseError::storage(format!("sqlite: {error}"))
     }
 }
+
+/// How many rows one statement of [`StoreTx::update_leases`] or
+/// [`StoreTx::insert_history_many`] writes; the rest of a list goes one row at a time.
+const ROWS_PER_STATEMENT: usize = 32;
+
+/// Statements each connection keeps prepared (rusqlite's default is 16, fewer than the writer
+/// uses).
+const STATEMENT_CACHE: usize = 64;
 
 /// How many queued writes one transaction commits at most.
 const MAX_BATCH: usize = 128;
@@ -189,6 +198,7 @@ fn connect(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)
         .map_err(|e| LeaseError::storage(format!("cannot open {}: {e}", path.display())))?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     // Only a brand-new file takes this (before its first table and before WAL); an existing
     // database keeps its page size. Small pages matter because nearly every index a write
     // touches is keyed by something random (a lease id, a path), so each write dirties a page of
@@ -690,6 +700,31 @@ fn lease_query_condition(
     (condition, params)
 }
 
+/// `UPDATE` of [`ROWS_PER_STATEMENT`] leases whose expiry stays as it is (see
+/// `update_lease`), returning the `seq` of each row it matched.
+static SAME_EXPIRY_UPDATES: LazyLock<String> = LazyLock::new(|| {
+    let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; ROWS_PER_STATEMENT].join(", ");
+    format!(
+        "WITH v(seq, id, status, fencing_token, renewal_count, max_renewals, updated_at, reason,
+                expires_at, ttl_ms) AS (VALUES {rows})
+         UPDATE leases SET status = v.status, fencing_token = v.fencing_token,
+             renewal_count = v.renewal_count, max_renewals = v.max_renewals,
+             updated_at = v.updated_at, reason = v.reason
+         FROM v WHERE leases.seq = v.seq AND leases.id = v.id
+             AND leases.expires_at = v.expires_at AND leases.ttl_ms = v.ttl_ms
+         RETURNING leases.seq"
+    )
+});
+
+/// `INSERT` of [`ROWS_PER_STATEMENT`] history events.
+static HISTORY_INSERTS: LazyLock<String> = LazyLock::new(|| {
+    let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; ROWS_PER_STATEMENT].join(", ");
+    format!(
+        "INSERT INTO lease_history (lease_id, agent_id, file_path, event_type, status_before,
+             status_after, renewal_count, fencing_token, event_at, reason) VALUES {rows}"
+    )
+});
+
 /// The query for [`StoreTx::query_history`], with its parameters.
 ///
 /// History has no index by path or agent (each would cost a page written per event): every
@@ -940,6 +975,42 @@ impl StoreTx for SqliteTx<'_> {
         Ok(())
     }
 
+    fn update_leases(&mut self, leases: &[Lease]) -> Result<()> {
+        // Whole chunks in one statement each, for the updates that keep the expiry (as in
+        // `update_lease`); a lease the statement did not match (its expiry changed), and the
+        // rest of the list, go through `update_lease`.
+        let mut chunks = leases.chunks_exact(ROWS_PER_STATEMENT);
+        for chunk in &mut chunks {
+            let mut stmt = self.conn.prepare_cached(&SAME_EXPIRY_UPDATES)?;
+            let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 10);
+            for lease in chunk {
+                params.extend([
+                    Value::Integer(lease.seq),
+                    Value::Text(lease.id.to_string()),
+                    Value::Text(lease.status.as_str().to_string()),
+                    lease.fencing_token.map_or(Value::Null, |t| Value::Integer(t as i64)),
+                    Value::Integer(lease.renewal_count as i64),
+                    lease.max_renewals.map_or(Value::Null, |m| Value::Integer(m as i64)),
+                    Value::Integer(lease.updated_at.0),
+                    lease.reason.clone().map_or(Value::Null, Value::Text),
+                    Value::Integer(lease.expires_at.0),
+                    Value::Integer(lease.ttl_ms as i64),
+                ]);
+            }
+            let matched = stmt
+                .query_map(rusqlite::params_from_iter(params), |r| r.get::<_, i64>(0))?
+                .collect::<rusqlite::Result<HashSet<i64>>>()?;
+            drop(stmt);
+            for lease in chunk.iter().filter(|l| !matched.contains(&l.seq)) {
+                self.update_lease(lease)?;
+            }
+        }
+        chunks
+            .remainder()
+            .iter()
+            .try_for_each(|lease| self.update_lease(lease))
+    }
+
     fn next_fencing_token(&mut self) -> Result<u64> {
         if let Some(fencing) = self.fencing {
             return fencing.borrow_mut().next(self.conn);
@@ -991,6 +1062,45 @@ impl StoreTx for SqliteTx<'_> {
         Ok(stored)
     }
 
+    fn insert_history_many(&mut self, events: &[HistoryEvent]) -> Result<Vec<HistoryEvent>> {
+        let mut stored = Vec::with_capacity(events.len());
+        let mut chunks = events.chunks_exact(ROWS_PER_STATEMENT);
+        for chunk in &mut chunks {
+            let mut stmt = self.conn.prepare_cached(&HISTORY_INSERTS)?;
+            let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 10);
+            for event in chunk {
+                params.extend([
+                    Value::Text(event.lease_id.to_string()),
+                    Value::Text(event.agent_id.clone()),
+                    Value::Text(event.file_path.clone()),
+                    Value::Text(event.event_type.as_str().to_string()),
+                    event
+                        .status_before
+                        .map_or(Value::Null, |s| Value::Text(s.as_str().to_string())),
+                    Value::Text(event.status_after.as_str().to_string()),
+                    Value::Integer(event.renewal_count as i64),
+                    event.fencing_token.map_or(Value::Null, |t| Value::Integer(t as i64)),
+                    Value::Integer(event.event_at.0),
+                    event.reason.clone().map_or(Value::Null, Value::Text),
+                ]);
+            }
+            stmt.execute(rusqlite::params_from_iter(params))?;
+            // One INSERT stores its rows in the order of its VALUES, and AUTOINCREMENT gives
+            // each new row one more than the largest id the table ever had: the chunk's ids
+            // are the ones just below the last.
+            let last = self.conn.last_insert_rowid();
+            let first = last - chunk.len() as i64 + 1;
+            stored.extend(chunk.iter().zip(first..).map(|(event, id)| HistoryEvent {
+                id,
+                ..event.clone()
+            }));
+        }
+        for event in chunks.remainder() {
+            stored.push(self.insert_history(event)?);
+        }
+        Ok(stored)
+    }
+
     fn query_history(
         &mut self,
         query: &HistoryQuery,
@@ -1032,6 +1142,68 @@ mod tests {
             reason: None,
             seq: 0,
         }
+    }
+
+    /// Many rows written with one statement (cleanup's path) come out exactly as one at a
+    /// time would: every field of every lease, whether its expiry changed or not, and every
+    /// event with the id it was stored under, in order.
+    #[test]
+    fn rows_written_together_are_stored_as_written() {
+        use crate::model::EventType;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("l.db"), 0).unwrap();
+        let count = ROWS_PER_STATEMENT * 2 + 5;
+        let (leases, events) = store
+            .write(move |tx| {
+                let mut leases = Vec::new();
+                for n in 0..count {
+                    let mut row = lease(n);
+                    row.seq = tx.insert_lease(&row)?;
+                    leases.push(row);
+                }
+                for (n, row) in leases.iter_mut().enumerate() {
+                    row.status = LeaseStatus::Expired;
+                    row.updated_at = Timestamp(500 + n as i64);
+                    row.renewal_count = n as u32;
+                    row.reason = (n % 2 == 0).then(|| format!("why {n}"));
+                    if n % 7 == 0 {
+                        // A changed expiry: not for the one-statement path.
+                        row.expires_at = Timestamp(9_000 + n as i64);
+                    }
+                }
+                tx.update_leases(&leases)?;
+                let events: Vec<HistoryEvent> = leases
+                    .iter()
+                    .map(|row| HistoryEvent {
+                        id: 0,
+                        lease_id: row.id,
+                        agent_id: row.agent_id.clone(),
+                        file_path: row.file_path.clone(),
+                        event_type: EventType::Expired,
+                        status_before: Some(LeaseStatus::Active),
+                        status_after: row.status,
+                        renewal_count: row.renewal_count,
+                        fencing_token: row.fencing_token,
+                        event_at: row.updated_at,
+                        reason: row.reason.clone(),
+                    })
+                    .collect();
+                let stored = tx.insert_history_many(&events)?;
+                Ok((leases, stored))
+            })
+            .unwrap();
+        let (stored_leases, history) = store
+            .read(|tx| {
+                let mut rows = Vec::new();
+                for row in &leases {
+                    rows.push(tx.lease(&row.id)?.unwrap());
+                }
+                Ok((rows, tx.query_history(&HistoryQuery::default(), None)?))
+            })
+            .unwrap();
+        assert_eq!(stored_leases, leases);
+        assert_eq!(history, events);
+        assert!(events.windows(2).all(|w| w[0].id < w[1].id));
     }
 
     /// Tokens handed out within a batch are counted in memory and stored once per batch: they
