@@ -456,7 +456,6 @@ fn frees_a_path(event_type: EventType) -> bool {
     !matches!(event_type, EventType::Acquired | EventType::Renewed)
 }
 
-
 /// One attempt to take every path of `request`, in the caller's transaction.
 ///
 /// `queued` holds the request's queue entries from earlier attempts; `deadline` is set when the

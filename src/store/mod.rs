@@ -134,7 +134,10 @@ pub trait StoreTx {
     /// [`StoreTx::insert_history`] for each of `events`, in order; a store may write them
     /// together. Returns them with their ids, in the same order.
     fn insert_history_many(&mut self, events: &[HistoryEvent]) -> Result<Vec<HistoryEvent>> {
-        events.iter().map(|event| self.insert_history(event)).collect()
+        events
+            .iter()
+            .map(|event| self.insert_history(event))
+            .collect()
     }
     /// History events matching `query`.
     fn query_history(

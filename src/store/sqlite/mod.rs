@@ -528,7 +528,8 @@ impl Fencing {
         let last = match self.current {
             Some(last) => last,
             None => {
-                let mut stmt = conn.prepare_cached("SELECT last_token FROM fencing WHERE id = 1")?;
+                let mut stmt =
+                    conn.prepare_cached("SELECT last_token FROM fencing WHERE id = 1")?;
                 let stored: i64 = stmt.query_row([], |r| r.get(0))?;
                 stored.max(self.highest)
             }
@@ -988,9 +989,13 @@ impl StoreTx for SqliteTx<'_> {
                     Value::Integer(lease.seq),
                     Value::Text(lease.id.to_string()),
                     Value::Text(lease.status.as_str().to_string()),
-                    lease.fencing_token.map_or(Value::Null, |t| Value::Integer(t as i64)),
+                    lease
+                        .fencing_token
+                        .map_or(Value::Null, |t| Value::Integer(t as i64)),
                     Value::Integer(lease.renewal_count as i64),
-                    lease.max_renewals.map_or(Value::Null, |m| Value::Integer(m as i64)),
+                    lease
+                        .max_renewals
+                        .map_or(Value::Null, |m| Value::Integer(m as i64)),
                     Value::Integer(lease.updated_at.0),
                     lease.reason.clone().map_or(Value::Null, Value::Text),
                     Value::Integer(lease.expires_at.0),
@@ -1079,7 +1084,9 @@ impl StoreTx for SqliteTx<'_> {
                         .map_or(Value::Null, |s| Value::Text(s.as_str().to_string())),
                     Value::Text(event.status_after.as_str().to_string()),
                     Value::Integer(event.renewal_count as i64),
-                    event.fencing_token.map_or(Value::Null, |t| Value::Integer(t as i64)),
+                    event
+                        .fencing_token
+                        .map_or(Value::Null, |t| Value::Integer(t as i64)),
                     Value::Integer(event.event_at.0),
                     event.reason.clone().map_or(Value::Null, Value::Text),
                 ]);
@@ -1254,7 +1261,9 @@ mod tests {
         let plan = |sql: &str, params: Vec<Value>| -> String {
             let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
             let steps = stmt
-                .query_map(rusqlite::params_from_iter(params), |r| r.get::<_, String>(3))
+                .query_map(rusqlite::params_from_iter(params), |r| {
+                    r.get::<_, String>(3)
+                })
                 .unwrap();
             steps.map(|s| s.unwrap()).collect::<Vec<_>>().join("; ")
         };
