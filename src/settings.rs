@@ -138,6 +138,11 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// [`Settings::from_pairs`] of the pairs as a store returns them.
+    pub fn from_stored(pairs: &[(String, String)]) -> Result<Settings, LeaseError> {
+        Settings::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+
     /// Builds settings from stored `(key, value)` pairs; missing keys take their defaults.
     pub fn from_pairs<'a>(
         pairs: impl IntoIterator<Item = (&'a str, &'a str)>,

@@ -98,8 +98,7 @@ pub trait StoreTx {
     /// The stored settings, typed. A store that keeps a copy of the settings may keep the typed
     /// copy too, instead of parsing them for every transaction.
     fn settings(&mut self) -> Result<Settings> {
-        let pairs = self.load_settings()?;
-        Settings::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        Settings::from_stored(&self.load_settings()?)
     }
     /// Stores one setting, already validated.
     fn save_setting(&mut self, key: &str, value: &str, now_ms: i64) -> Result<()>;

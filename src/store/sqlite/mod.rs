@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use rusqlite::types::Value;
+use rusqlite::types::{ToSql, Value};
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use uuid::Uuid;
 
@@ -560,13 +560,9 @@ struct SettingsCache {
     version: i64,
 }
 
-/// The settings as stored, as `(key, value)` pairs.
-type SettingPairs = Vec<(String, String)>;
-
-/// The settings as read at one `data_version`: as stored and typed.
+/// The settings as read at one `data_version`.
 struct SettingsCopy {
     version: i64,
-    pairs: SettingPairs,
     typed: Settings,
 }
 
@@ -591,7 +587,7 @@ impl SettingsCache {
     }
 }
 
-fn read_settings(conn: &Connection) -> Result<SettingPairs> {
+fn read_settings(conn: &Connection) -> Result<Vec<(String, String)>> {
     let mut stmt = conn.prepare_cached("SELECT key, value FROM lease_configs")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -701,13 +697,106 @@ fn lease_query_condition(
     (condition, params)
 }
 
+/// What an update writes of one lease, in the order of the update statements' `?1`..`?10`
+/// and of the columns of [`SAME_EXPIRY_UPDATES`]'s `v`.
+struct LeaseChange<'a> {
+    id: String,
+    status: &'static str,
+    fencing_token: Option<i64>,
+    expires_at: i64,
+    ttl_ms: i64,
+    renewal_count: i64,
+    max_renewals: Option<i64>,
+    updated_at: i64,
+    reason: Option<&'a str>,
+    seq: i64,
+}
+
+impl<'a> LeaseChange<'a> {
+    fn of(lease: &'a Lease) -> LeaseChange<'a> {
+        LeaseChange {
+            id: lease.id.to_string(),
+            status: lease.status.as_str(),
+            fencing_token: lease.fencing_token.map(|t| t as i64),
+            expires_at: lease.expires_at.0,
+            ttl_ms: lease.ttl_ms as i64,
+            renewal_count: lease.renewal_count as i64,
+            max_renewals: lease.max_renewals.map(|m| m as i64),
+            updated_at: lease.updated_at.0,
+            reason: lease.reason.as_deref(),
+            seq: lease.seq,
+        }
+    }
+
+    fn values(&self) -> [&dyn ToSql; 10] {
+        [
+            &self.id,
+            &self.status,
+            &self.fencing_token,
+            &self.expires_at,
+            &self.ttl_ms,
+            &self.renewal_count,
+            &self.max_renewals,
+            &self.updated_at,
+            &self.reason,
+            &self.seq,
+        ]
+    }
+}
+
+/// One history row as stored, in the order of the columns of the history inserts.
+struct EventRow<'a> {
+    lease_id: String,
+    agent_id: &'a str,
+    file_path: &'a str,
+    event_type: &'static str,
+    status_before: Option<&'static str>,
+    status_after: &'static str,
+    renewal_count: i64,
+    fencing_token: Option<i64>,
+    event_at: i64,
+    reason: Option<&'a str>,
+}
+
+impl<'a> EventRow<'a> {
+    fn of(event: &'a HistoryEvent) -> EventRow<'a> {
+        EventRow {
+            lease_id: event.lease_id.to_string(),
+            agent_id: &event.agent_id,
+            file_path: &event.file_path,
+            event_type: event.event_type.as_str(),
+            status_before: event.status_before.map(|s| s.as_str()),
+            status_after: event.status_after.as_str(),
+            renewal_count: event.renewal_count as i64,
+            fencing_token: event.fencing_token.map(|t| t as i64),
+            event_at: event.event_at.0,
+            reason: event.reason.as_deref(),
+        }
+    }
+
+    fn values(&self) -> [&dyn ToSql; 10] {
+        [
+            &self.lease_id,
+            &self.agent_id,
+            &self.file_path,
+            &self.event_type,
+            &self.status_before,
+            &self.status_after,
+            &self.renewal_count,
+            &self.fencing_token,
+            &self.event_at,
+            &self.reason,
+        ]
+    }
+}
+
 /// `UPDATE` of [`ROWS_PER_STATEMENT`] leases whose expiry stays as it is (see
 /// `update_lease`), returning the `seq` of each row it matched.
 static SAME_EXPIRY_UPDATES: LazyLock<String> = LazyLock::new(|| {
     let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; ROWS_PER_STATEMENT].join(", ");
     format!(
-        "WITH v(seq, id, status, fencing_token, renewal_count, max_renewals, updated_at, reason,
-                expires_at, ttl_ms) AS (VALUES {rows})
+        "WITH v(id, status, fencing_token, expires_at, ttl_ms, renewal_count, max_renewals,
+                updated_at, reason, seq) AS (VALUES {rows})
          UPDATE leases SET status = v.status, fencing_token = v.fencing_token,
              renewal_count = v.renewal_count, max_renewals = v.max_renewals,
              updated_at = v.updated_at, reason = v.reason
@@ -773,30 +862,22 @@ fn history_sql(query: &HistoryQuery, path: Option<&LeasePath>) -> (String, Vec<V
 }
 
 impl SqliteTx<'_> {
-    /// The settings, typed, and as pairs when `pairs` is asked for: the writer's copy when it
-    /// is current, else read (and, for the writer, kept).
-    fn cached_settings(&self, pairs: bool) -> Result<(Option<SettingPairs>, Settings)> {
-        let parse = |pairs: &[(String, String)]| {
-            Settings::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        };
-        let wanted = |read: &SettingPairs| pairs.then(|| read.clone());
+    /// The settings, typed: the writer's copy when it is current, else read (and, for the
+    /// writer, kept).
+    fn cached_settings(&self) -> Result<Settings> {
         let Some(cache) = self.settings else {
-            let read = read_settings(self.conn)?;
-            return Ok((wanted(&read), parse(&read)?));
+            return Settings::from_stored(&read_settings(self.conn)?);
         };
         if let Some(copy) = &cache.borrow().copy {
-            return Ok((wanted(&copy.pairs), copy.typed.clone()));
+            return Ok(copy.typed.clone());
         }
-        let read = read_settings(self.conn)?;
-        let typed = parse(&read)?;
-        let answer = (wanted(&read), typed.clone());
+        let typed = Settings::from_stored(&read_settings(self.conn)?)?;
         let mut cache = cache.borrow_mut();
         cache.copy = Some(SettingsCopy {
             version: cache.version,
-            pairs: read,
-            typed,
+            typed: typed.clone(),
         });
-        Ok(answer)
+        Ok(typed)
     }
 
     fn leases_where(&self, condition: &str, params: Vec<Value>) -> Result<Vec<Lease>> {
@@ -814,11 +895,12 @@ impl StoreTx for SqliteTx<'_> {
     }
 
     fn load_settings(&mut self) -> Result<Vec<(String, String)>> {
-        Ok(self.cached_settings(true)?.0.unwrap_or_default())
+        // Only a change of settings reads them as text; every write reads them typed.
+        read_settings(self.conn)
     }
 
     fn settings(&mut self) -> Result<Settings> {
-        Ok(self.cached_settings(false)?.1)
+        self.cached_settings()
     }
 
     fn save_setting(&mut self, key: &str, value: &str, now_ms: i64) -> Result<()> {
@@ -928,45 +1010,28 @@ impl StoreTx for SqliteTx<'_> {
         // rewrites an index entry whenever a column of that index is in the SET list, changed or
         // not, so those go first through a statement without `expires_at` and `ttl_ms`, which
         // matches only when both are unchanged; the index by agent and expiry is then left
-        // alone. Anything else (a renewal, a grant) takes the full statement.
-        let id = lease.id.to_string();
-        let mut same_expiry = self.conn.prepare_cached(
-            "UPDATE leases SET status = ?2, fencing_token = ?3, renewal_count = ?4,
-                 max_renewals = ?5, updated_at = ?6, reason = ?7
-             WHERE seq = ?8 AND id = ?1 AND expires_at = ?9 AND ttl_ms = ?10",
-        )?;
-        let changed = same_expiry.execute(params![
-            id,
-            lease.status.as_str(),
-            lease.fencing_token.map(|t| t as i64),
-            lease.renewal_count as i64,
-            lease.max_renewals.map(|m| m as i64),
-            lease.updated_at.0,
-            lease.reason,
-            lease.seq,
-            lease.expires_at.0,
-            lease.ttl_ms as i64,
-        ])?;
+        // alone. Anything else (a renewal, a grant) takes the full statement. Both take the
+        // same parameters.
+        let change = LeaseChange::of(lease);
+        let changed = self
+            .conn
+            .prepare_cached(
+                "UPDATE leases SET status = ?2, fencing_token = ?3, renewal_count = ?6,
+                     max_renewals = ?7, updated_at = ?8, reason = ?9
+                 WHERE seq = ?10 AND id = ?1 AND expires_at = ?4 AND ttl_ms = ?5",
+            )?
+            .execute(&change.values()[..])?;
         if changed == 1 {
             return Ok(());
         }
-        let mut full = self.conn.prepare_cached(
-            "UPDATE leases SET status = ?2, fencing_token = ?3, expires_at = ?4, ttl_ms = ?5,
-                 renewal_count = ?6, max_renewals = ?7, updated_at = ?8, reason = ?9
-             WHERE seq = ?10 AND id = ?1",
-        )?;
-        let changed = full.execute(params![
-            id,
-            lease.status.as_str(),
-            lease.fencing_token.map(|t| t as i64),
-            lease.expires_at.0,
-            lease.ttl_ms as i64,
-            lease.renewal_count as i64,
-            lease.max_renewals.map(|m| m as i64),
-            lease.updated_at.0,
-            lease.reason,
-            lease.seq,
-        ])?;
+        let changed = self
+            .conn
+            .prepare_cached(
+                "UPDATE leases SET status = ?2, fencing_token = ?3, expires_at = ?4, ttl_ms = ?5,
+                     renewal_count = ?6, max_renewals = ?7, updated_at = ?8, reason = ?9
+                 WHERE seq = ?10 AND id = ?1",
+            )?
+            .execute(&change.values()[..])?;
         if changed != 1 {
             return Err(LeaseError::storage(format!(
                 "lease {} vanished during update",
@@ -983,25 +1048,8 @@ impl StoreTx for SqliteTx<'_> {
         let mut chunks = leases.chunks_exact(ROWS_PER_STATEMENT);
         for chunk in &mut chunks {
             let mut stmt = self.conn.prepare_cached(&SAME_EXPIRY_UPDATES)?;
-            let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 10);
-            for lease in chunk {
-                params.extend([
-                    Value::Integer(lease.seq),
-                    Value::Text(lease.id.to_string()),
-                    Value::Text(lease.status.as_str().to_string()),
-                    lease
-                        .fencing_token
-                        .map_or(Value::Null, |t| Value::Integer(t as i64)),
-                    Value::Integer(lease.renewal_count as i64),
-                    lease
-                        .max_renewals
-                        .map_or(Value::Null, |m| Value::Integer(m as i64)),
-                    Value::Integer(lease.updated_at.0),
-                    lease.reason.clone().map_or(Value::Null, Value::Text),
-                    Value::Integer(lease.expires_at.0),
-                    Value::Integer(lease.ttl_ms as i64),
-                ]);
-            }
+            let changes: Vec<LeaseChange> = chunk.iter().map(LeaseChange::of).collect();
+            let params = changes.iter().flat_map(|change| change.values());
             let matched = stmt
                 .query_map(rusqlite::params_from_iter(params), |r| r.get::<_, i64>(0))?
                 .collect::<rusqlite::Result<HashSet<i64>>>()?;
@@ -1045,23 +1093,13 @@ impl StoreTx for SqliteTx<'_> {
     }
 
     fn insert_history(&mut self, event: &HistoryEvent) -> Result<HistoryEvent> {
-        let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO lease_history (lease_id, agent_id, file_path, event_type, status_before,
-                 status_after, renewal_count, fencing_token, event_at, reason)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )?;
-        stmt.execute(params![
-            event.lease_id.to_string(),
-            event.agent_id,
-            event.file_path,
-            event.event_type.as_str(),
-            event.status_before.map(|s| s.as_str()),
-            event.status_after.as_str(),
-            event.renewal_count as i64,
-            event.fencing_token.map(|t| t as i64),
-            event.event_at.0,
-            event.reason,
-        ])?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO lease_history (lease_id, agent_id, file_path, event_type,
+                     status_before, status_after, renewal_count, fencing_token, event_at, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(&EventRow::of(event).values()[..])?;
         let mut stored = event.clone();
         stored.id = self.conn.last_insert_rowid();
         Ok(stored)
@@ -1072,25 +1110,8 @@ impl StoreTx for SqliteTx<'_> {
         let mut chunks = events.chunks_exact(ROWS_PER_STATEMENT);
         for chunk in &mut chunks {
             let mut stmt = self.conn.prepare_cached(&HISTORY_INSERTS)?;
-            let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 10);
-            for event in chunk {
-                params.extend([
-                    Value::Text(event.lease_id.to_string()),
-                    Value::Text(event.agent_id.clone()),
-                    Value::Text(event.file_path.clone()),
-                    Value::Text(event.event_type.as_str().to_string()),
-                    event
-                        .status_before
-                        .map_or(Value::Null, |s| Value::Text(s.as_str().to_string())),
-                    Value::Text(event.status_after.as_str().to_string()),
-                    Value::Integer(event.renewal_count as i64),
-                    event
-                        .fencing_token
-                        .map_or(Value::Null, |t| Value::Integer(t as i64)),
-                    Value::Integer(event.event_at.0),
-                    event.reason.clone().map_or(Value::Null, Value::Text),
-                ]);
-            }
+            let rows: Vec<EventRow> = chunk.iter().map(EventRow::of).collect();
+            let params = rows.iter().flat_map(|row| row.values());
             stmt.execute(rusqlite::params_from_iter(params))?;
             // One INSERT stores its rows in the order of its VALUES, and AUTOINCREMENT gives
             // each new row one more than the largest id the table ever had: the chunk's ids
