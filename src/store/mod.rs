@@ -153,7 +153,9 @@ pub trait StoreTx {
 pub trait TokenTable: Send + Sync {
     /// Stores a new token by its hash.
     fn insert(&self, info: &TokenInfo, token_hash: &str) -> Result<()>;
-    /// The token with this hash, unless it is unknown or revoked.
+    /// The token with this hash, unless it is unknown or revoked. A store may answer from a
+    /// cache, so `last_used_at` may be older than the stored one; a revocation by any process
+    /// must count from the next lookup on.
     fn find_live(&self, token_hash: &str) -> Result<Option<TokenInfo>>;
     /// [`TokenTable::find_live`] if it can be answered at once, without waiting on a lock or the
     /// network (a local file whose connection is free); `None` otherwise. The server calls this
