@@ -756,14 +756,12 @@ fn waits_of(tx: &mut dyn StoreTx, agent: &str, now: i64) -> Result<Vec<WaitEdge>
 /// clock) and the rest random. Ids made close together sort close together, so a store's
 /// index of ids takes each new one near the last instead of on a random page (on SQLite, one
 /// page fewer written per acquisition; see BENCHMARKS.md). The random bits keep ids unique
-/// even when a test's clock stands still.
+/// even when a test's clock stands still. They come from the thread's CSPRNG (`rand`'s
+/// `ThreadRng`, seeded from the OS): `Uuid::new_v7` asks the OS for them each time, a system
+/// call per acquisition on the server's request thread.
 fn new_lease_id(now_ms: i64) -> Uuid {
-    let ms = now_ms.max(0) as u64;
-    Uuid::new_v7(uuid::Timestamp::from_unix(
-        uuid::NoContext,
-        ms / 1000,
-        (ms % 1000) as u32 * 1_000_000,
-    ))
+    let random: [u8; 10] = rand::random();
+    uuid::Builder::from_unix_timestamp_millis(now_ms.max(0) as u64, &random).into_uuid()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1110,5 +1108,26 @@ impl<S: Store> LeaseManager for Engine<S> {
             Ok(settings)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_ids_are_version_7_carry_the_clock_and_differ_within_a_millisecond() {
+        let now = 1_764_806_400_123;
+        let (a, b) = (new_lease_id(now), new_lease_id(now));
+        assert_ne!(a, b);
+        for id in [a, b] {
+            assert_eq!(id.get_version_num(), 7);
+            let (secs, nanos) = id.get_timestamp().expect("a v7 id has a time").to_unix();
+            assert_eq!(secs * 1000 + u64::from(nanos / 1_000_000), now as u64);
+        }
+        assert!(
+            new_lease_id(now + 1) > a.max(b),
+            "later ids sort after earlier ones"
+        );
     }
 }
