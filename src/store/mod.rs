@@ -47,7 +47,10 @@ pub trait Store: Send + Sync + 'static {
     /// its end even if the future is dropped. By default it runs [`Store::write`] on a
     /// blocking thread; a store may instead queue it for a writer that commits many writes in
     /// one transaction (group commit), as long as each caller is answered only after the
-    /// commit that holds its write, and a write that fails rolls back alone.
+    /// commit that holds its write, and nothing of a write that fails is stored. A write that
+    /// fails before changing anything (every refusal of the engine) must leave the others of
+    /// its batch standing; one that fails after changing rows (a storage error) may take the
+    /// writes run before it in its transaction down with it, each answered with an error.
     fn submit_write<T, F>(self: Arc<Self>, f: F) -> WriteFuture<T>
     where
         Self: Sized,
