@@ -315,6 +315,10 @@ fn run_transaction(
             continue;
         }
         roll_back(conn, settings, fencing);
+        tracing::warn!(
+            rolled_back_with_it = finishes.len(),
+            "a write failed after changing rows; its transaction was rolled back"
+        );
         let error = LeaseError::storage(
             "this write was rolled back, storing nothing, with a write of the same batch that \
              failed after changing rows; try again",
