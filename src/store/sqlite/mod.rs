@@ -279,7 +279,8 @@ fn run_batch(
 /// refusal of the engine: it decides before it writes) needs no undoing, and the batch goes
 /// on. One that fails after changing rows (a storage error, a panic) can only be undone with
 /// the whole transaction: it rolls back, and the writes that ran before it in it are answered
-/// with an error, having stored nothing.
+/// with an error, having stored nothing. So are they, and the write itself, when an error made
+/// SQLite end the transaction on its own (a full disk, an I/O error).
 fn run_transaction(
     conn: &Connection,
     settings: &RefCell<SettingsCache>,
@@ -308,26 +309,30 @@ fn run_transaction(
             continue;
         };
         // A statement that fails is undone by SQLite itself, and is not counted in
-        // `total_changes`; some errors (a full disk, an I/O error) end the whole transaction.
-        let undone = conn.total_changes() == changes_before && !conn.is_autocommit();
-        if stands || undone {
+        // `total_changes`. Some errors (a full disk, an I/O error) end the whole transaction
+        // instead; then nothing of the batch is stored, whether this write stands or not, and
+        // no later write may run outside a transaction.
+        let ended = conn.is_autocommit();
+        let changed = conn.total_changes() != changes_before;
+        if !ended && (stands || !changed) {
             finishes.push(finish);
             continue;
         }
         roll_back(conn, settings, fencing);
         tracing::warn!(
             rolled_back_with_it = finishes.len(),
-            "a write failed after changing rows; its transaction was rolled back"
+            ended_by_sqlite = ended,
+            "a write failed after changing rows, or its transaction ended; rolled back"
         );
         let error = LeaseError::storage(
-            "this write was rolled back, storing nothing, with a write of the same batch that \
-             failed after changing rows; try again",
+            "this write was rolled back with its batch, storing nothing: a write of the batch \
+             failed after changing rows, or SQLite ended the transaction; try again",
         );
         for earlier in finishes {
             earlier(Err(error.clone()));
         }
-        // Its own error, which the batch's end cannot change.
-        finish(Ok(()));
+        // A failed write keeps its own error; one that stood was rolled back all the same.
+        finish(if stands { Err(error) } else { Ok(()) });
         return;
     }
     let committed: Result<()> = fencing
