@@ -52,11 +52,11 @@ pub struct SqliteTokens {
 }
 
 /// What the revocations file looked like: its length grows by one with every revocation, and
-/// the time tells a file deleted and made again. `None` fields: the file does not exist.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-struct Stamp {
-    len: Option<u64>,
-    modified: Option<SystemTime>,
+/// the time tells a file deleted and made again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stamp {
+    Absent,
+    Present { len: u64, modified: SystemTime },
 }
 
 /// Live tokens looked up since the revocations file last changed.
@@ -84,11 +84,11 @@ impl SqliteTokens {
     /// The revocations file now, or `None` when it cannot be told (then nothing is cached).
     fn stamp(&self) -> Option<Stamp> {
         match std::fs::metadata(&self.revocations) {
-            Ok(meta) => Some(Stamp {
-                len: Some(meta.len()),
-                modified: Some(meta.modified().ok()?),
+            Ok(meta) => Some(Stamp::Present {
+                len: meta.len(),
+                modified: meta.modified().ok()?,
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Stamp::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Stamp::Absent),
             Err(_) => None,
         }
     }
