@@ -8,10 +8,12 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, LazyLock, Mutex};
-use std::time::Duration;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use rusqlite::config::DbConfig;
 use rusqlite::types::{ToSql, Value};
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use uuid::Uuid;
@@ -98,6 +100,20 @@ const WRITER_AUTOCHECKPOINT_PAGES: i64 = 50_000;
 /// How long the checkpoint thread lets commits gather before it checkpoints.
 const CHECKPOINT_DELAY: Duration = Duration::from_millis(100);
 
+/// The write-ahead log size, in bytes, above which a closing store checkpoints and empties it.
+///
+/// Closing a connection never checkpoints by itself (`SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE`): that
+/// checkpoint cost a short-lived process (a CLI call) two `fsync`s on its way out, and it was cut
+/// short by the process exiting, so the log only grew. But the next process to open the file
+/// reads the whole log back, one frame per read, to rebuild its index; so when the log has grown
+/// past this size, the closing writer checkpoints it and cuts it to nothing (about every 40th
+/// CLI acquisition).
+const CLOSE_CHECKPOINT_BYTES: u64 = 512 * 1024;
+
+/// How long that closing checkpoint waits for other processes' readers before giving up (they
+/// are long-lived then, and their own checkpoints keep the log short).
+const CLOSE_CHECKPOINT_BUSY: Duration = Duration::from_millis(100);
+
 /// The page size of a new database file, in bytes.
 const PAGE_SIZE: i64 = 1024;
 
@@ -119,7 +135,9 @@ type Job = Box<dyn FnOnce(Result<&mut dyn StoreTx>) -> Option<(bool, Finish)> + 
 /// that fails after changing rows rolls the transaction back (see [`run_transaction`]). Reads use a small pool of other connections, which WAL lets run beside the writer.
 pub struct SqliteStore {
     path: PathBuf,
-    jobs: Mutex<mpsc::Sender<Job>>,
+    /// `None` only while the store is dropped, which closes the queue and ends the writer.
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Option<JoinHandle<()>>,
     readers: Mutex<Vec<Connection>>,
 }
 
@@ -147,18 +165,28 @@ impl SqliteStore {
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
         let (jobs, queue) = mpsc::channel();
         let (dirty, committed) = mpsc::sync_channel(1);
-        std::thread::Builder::new()
-            .name("leasehold-sqlite-writer".into())
-            .spawn(move || write_batches(conn, queue, dirty))
-            .map_err(|e| LeaseError::storage(format!("cannot start the writer thread: {e}")))?;
         let checkpoint_path = path.to_path_buf();
-        std::thread::Builder::new()
+        let checkpointer = std::thread::Builder::new()
             .name("leasehold-sqlite-checkpoint".into())
             .spawn(move || checkpoints(&checkpoint_path, committed))
             .map_err(|e| LeaseError::storage(format!("cannot start the checkpoint thread: {e}")))?;
+        let wal_path = wal_path(path);
+        let writer = std::thread::Builder::new()
+            .name("leasehold-sqlite-writer".into())
+            .spawn(move || {
+                write_batches(&conn, queue, dirty);
+                // The checkpoint thread ends as soon as the writer has; wait for it, so that the
+                // closing checkpoint does not find the log busy with one of its own.
+                if checkpointer.join().is_err() {
+                    tracing::warn!("the SQLite checkpoint thread panicked");
+                }
+                checkpoint_on_close(&conn, &wal_path);
+            })
+            .map_err(|e| LeaseError::storage(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
-            jobs: Mutex::new(jobs),
+            jobs: Mutex::new(Some(jobs)),
+            writer: Some(writer),
             readers: Mutex::new(Vec::new()),
         })
     }
@@ -188,8 +216,27 @@ impl SqliteStore {
         self.jobs
             .lock()
             .map_err(|_| LeaseError::storage("writer queue lock poisoned"))?
+            .as_ref()
+            .ok_or_else(|| LeaseError::storage("the store is closed"))?
             .send(job)
             .map_err(|_| LeaseError::storage("the writer thread has stopped"))
+    }
+}
+
+impl Drop for SqliteStore {
+    /// Closes the writer's queue and waits for the writer to finish what was queued (and, if the
+    /// log has grown long, to checkpoint it: see [`CLOSE_CHECKPOINT_BYTES`]), so that a process
+    /// exiting right after does not cut that work short.
+    fn drop(&mut self) {
+        if let Ok(jobs) = self.jobs.get_mut() {
+            jobs.take();
+        }
+        if let Some(writer) = self.writer.take() {
+            // The last handle on the store may go inside a queued write, on the writer itself.
+            if writer.thread().id() != std::thread::current().id() && writer.join().is_err() {
+                tracing::warn!("the SQLite writer thread panicked");
+            }
+        }
     }
 }
 
@@ -210,6 +257,10 @@ fn connect(path: &Path) -> Result<Connection> {
     // only the last commits on power loss for speed.
     set_wal_mode(&conn)?;
     keep_wal_file(&conn);
+    // Checkpoints run on purpose (the checkpoint thread, a closing writer, the server's
+    // shutdown), never as a side effect of closing the last connection: see
+    // [`CLOSE_CHECKPOINT_BYTES`].
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // A statement that may fail half-way keeps the pages it may roll back to in a statement
@@ -220,11 +271,22 @@ fn connect(path: &Path) -> Result<Connection> {
 
 /// The checkpoint thread: after commits, copies the write-ahead log into the database file
 /// (PASSIVE: never blocking the writer or readers), gathering the commits of a short while into
-/// one checkpoint. Ends when the writer does.
+/// one checkpoint. Ends, without a last checkpoint, as soon as the writer does.
 fn checkpoints(path: &Path, committed: mpsc::Receiver<()>) {
     let mut conn = None;
     while committed.recv().is_ok() {
-        std::thread::sleep(CHECKPOINT_DELAY);
+        // Sleep until the delay is over (later commits do not put it off), unless the writer ends.
+        let due = Instant::now() + CHECKPOINT_DELAY;
+        loop {
+            let left = due.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match committed.recv_timeout(left) {
+                Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        }
         if conn.is_none() {
             conn = connect(path)
                 .map_err(|error| tracing::warn!(%error, "cannot open the checkpoint connection"))
@@ -238,9 +300,39 @@ fn checkpoints(path: &Path, committed: mpsc::Receiver<()>) {
     }
 }
 
+/// The path of the write-ahead log of the database at `path`.
+fn wal_path(path: &Path) -> PathBuf {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    PathBuf::from(wal)
+}
+
+/// Run by the writer once its queue has closed: if the write-ahead log has grown past
+/// [`CLOSE_CHECKPOINT_BYTES`], copies it into the database and cuts it to nothing (a TRUNCATE
+/// checkpoint), unless other processes' readers keep it busy.
+fn checkpoint_on_close(conn: &Connection, wal: &Path) {
+    let size = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
+    if size <= CLOSE_CHECKPOINT_BYTES {
+        return;
+    }
+    let checkpointed = conn.busy_timeout(CLOSE_CHECKPOINT_BUSY).and_then(|()| {
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+            row.get::<_, i64>(0)
+        })
+    });
+    match checkpointed {
+        Ok(0) => {}
+        Ok(_) => tracing::debug!(
+            size,
+            "the log is in use; it is left for its readers to checkpoint"
+        ),
+        Err(error) => tracing::debug!(%error, size, "cannot checkpoint the log on close"),
+    }
+}
+
 /// The writer thread: takes every write queued, runs them in one `BEGIN IMMEDIATE` transaction
 /// (see [`run_transaction`]), commits once, then answers each. Ends when the store is dropped.
-fn write_batches(conn: Connection, queue: mpsc::Receiver<Job>, dirty: mpsc::SyncSender<()>) {
+fn write_batches(conn: &Connection, queue: mpsc::Receiver<Job>, dirty: mpsc::SyncSender<()>) {
     let settings = RefCell::new(SettingsCache::default());
     let fencing = RefCell::new(Fencing::default());
     while let Ok(first) = queue.recv() {
@@ -251,7 +343,7 @@ fn write_batches(conn: Connection, queue: mpsc::Receiver<Job>, dirty: mpsc::Sync
                 Err(_) => break,
             }
         }
-        run_batch(&conn, &settings, &fencing, batch);
+        run_batch(conn, &settings, &fencing, batch);
         // Wake the checkpointer; if it is already due to run, there is nothing to add.
         let _ = dirty.try_send(());
     }
@@ -1282,6 +1374,45 @@ mod tests {
         assert_eq!(stored_leases, leases);
         assert_eq!(history, events);
         assert!(events.windows(2).all(|w| w[0].id < w[1].id));
+    }
+
+    /// Short-lived stores in a row (as CLI calls are) leave the write-ahead log short: closing
+    /// never checkpoints by itself, so the log grows by what each store wrote until it passes
+    /// the bound, when the closing writer empties it. Every lease is still there afterwards.
+    #[test]
+    fn closing_stores_keep_the_log_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("l.db");
+        let wal = wal_path(&db);
+        let size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        let mut largest = 0;
+        let mut emptied = 0;
+        let (stores, each) = (200, 8);
+        for n in 0..stores {
+            let store = SqliteStore::open(&db, 0).unwrap();
+            store
+                .write(move |tx| {
+                    (n * each..(n + 1) * each)
+                        .try_for_each(|k| tx.insert_lease(&lease(k)).map(drop))
+                })
+                .unwrap();
+            drop(store);
+            let now = size();
+            if now == 0 {
+                emptied += 1;
+            }
+            largest = largest.max(now);
+        }
+        assert!(
+            largest <= CLOSE_CHECKPOINT_BYTES + 64 * 1024,
+            "the log grew to {largest} bytes"
+        );
+        assert!(emptied > 0, "the log was never emptied");
+        let store = SqliteStore::open(&db, 0).unwrap();
+        let stored = store
+            .read(|tx| tx.query_leases(&LeaseQuery::default(), None, 0))
+            .unwrap();
+        assert_eq!(stored.len(), stores * each);
     }
 
     /// Tokens handed out within a batch are counted in memory and stored once per batch: they
