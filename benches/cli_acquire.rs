@@ -1,11 +1,14 @@
 //! CLI start-up benchmark: the wall time of one `leasehold acquire` process (start, open the
 //! database, take one lease, answer, exit) on a database already holding 100,000 active leases.
 //!
-//! Run with `cargo bench --bench cli_acquire` (options after `--`: `--runs N`, `--leases N`).
-//! It prints the median and the 90th percentile over the runs, and, for comparison, the same
-//! for `leasehold --version`, which starts the process and touches no database.
+//! Run with `cargo bench --bench cli_acquire` (options after `--`: `--runs N`, `--leases N`,
+//! `--against PATH`). It prints the median and the 90th percentile over the runs, and, for
+//! comparison, the same for `leasehold --version`, which starts the process and touches no
+//! database. `--against` names another `leasehold` binary (say, one built from an earlier
+//! commit) to run turn about with this one on the same database, so that both meet the same
+//! spells of a busy disk: the fair way to compare two builds on a shared machine.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,12 +20,20 @@ const BIN: &str = env!("CARGO_BIN_EXE_leasehold");
 fn main() {
     let mut runs = 200usize;
     let mut leases = 100_000usize;
+    let mut binaries = vec![PathBuf::from(BIN)];
     let args: Vec<String> = std::env::args().skip(1).collect();
     for (i, arg) in args.iter().enumerate() {
         let value = args.get(i + 1).and_then(|v| v.parse().ok());
         match arg.as_str() {
             "--runs" => runs = value_or_exit(value, "--runs"),
             "--leases" => leases = value_or_exit(value, "--leases"),
+            "--against" => match args.get(i + 1) {
+                Some(other) if Path::new(other).is_file() => binaries.push(other.into()),
+                _ => {
+                    eprintln!("error: --against needs the path of a leasehold binary");
+                    std::process::exit(2)
+                }
+            },
             // `cargo bench` passes --bench; nothing else is expected.
             _ => {}
         }
@@ -35,15 +46,26 @@ fn main() {
     seed(&db, leases);
     println!("seeded {leases} active leases in {:.1?}", seeding.elapsed());
 
-    let version = measure(root, runs, |_| vec!["--version".to_string()]);
-    let acquire = measure(root, runs, |k| {
-        vec!["--json", "acquire", &format!("new/f{k}.rs"), "--ttl", "10m"]
-            .into_iter()
-            .map(str::to_string)
-            .collect()
+    let version = measure(root, &binaries, runs, |_, _| vec!["--version".to_string()]);
+    let acquire = measure(root, &binaries, runs, |k, b| {
+        vec![
+            "--json",
+            "acquire",
+            &format!("new/b{b}/f{k}.rs"),
+            "--ttl",
+            "10m",
+        ]
+        .into_iter()
+        .map(str::to_string)
+        .collect()
     });
-    report("leasehold --version", &version);
-    report("leasehold acquire", &acquire);
+    for (b, binary) in binaries.iter().enumerate() {
+        if binaries.len() > 1 {
+            println!("{}:", binary.display());
+        }
+        report("leasehold --version", &version[b]);
+        report("leasehold acquire", &acquire[b]);
+    }
 }
 
 fn value_or_exit(value: Option<usize>, flag: &str) -> usize {
@@ -99,27 +121,35 @@ fn seed(db: &Path, count: usize) {
         .expect("checkpoint");
 }
 
-/// Runs the binary `runs` times (after 10 unmeasured warm-up runs) and returns each wall time.
-fn measure(root: &Path, runs: usize, args: impl Fn(usize) -> Vec<String>) -> Vec<Duration> {
-    let mut times = Vec::with_capacity(runs);
+/// Runs each binary `runs` times, turn about (after 10 unmeasured warm-up runs each), and
+/// returns each one's wall times. `args` gets the run's number and the binary's.
+fn measure(
+    root: &Path,
+    binaries: &[PathBuf],
+    runs: usize,
+    args: impl Fn(usize, usize) -> Vec<String>,
+) -> Vec<Vec<Duration>> {
+    let mut times = vec![Vec::with_capacity(runs); binaries.len()];
     for k in 0..runs + 10 {
-        let mut command = Command::new(BIN);
-        command
-            .args(args(k))
-            .current_dir(root)
-            .env("LEASEHOLD_AGENT", "bench")
-            .env_remove("LEASEHOLD_ROOT")
-            .env_remove("LEASEHOLD_DB")
-            .env_remove("LEASEHOLD_SERVER")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        let started = Instant::now();
-        let status = command.status().expect("run leasehold");
-        let elapsed = started.elapsed();
-        assert!(status.success(), "leasehold failed: {status}");
-        if k >= 10 {
-            times.push(elapsed);
+        for (b, binary) in binaries.iter().enumerate() {
+            let mut command = Command::new(binary);
+            command
+                .args(args(k, b))
+                .current_dir(root)
+                .env("LEASEHOLD_AGENT", "bench")
+                .env_remove("LEASEHOLD_ROOT")
+                .env_remove("LEASEHOLD_DB")
+                .env_remove("LEASEHOLD_SERVER")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit());
+            let started = Instant::now();
+            let status = command.status().expect("run leasehold");
+            let elapsed = started.elapsed();
+            assert!(status.success(), "{} failed: {status}", binary.display());
+            if k >= 10 {
+                times[b].push(elapsed);
+            }
         }
     }
     times

@@ -134,7 +134,7 @@ pub async fn connect(global: &GlobalArgs) -> CliResult<Arc<dyn LeaseManager>> {
         return Ok(Arc::new(remote(url, global.token.as_deref())?));
     }
     let database = Workspace::discover(global)?.database;
-    let engine = crate::open_database(&database, Arc::new(SystemClock))
+    let engine = crate::database::open_database_in_place(&database, Arc::new(SystemClock))
         .await
         .map_err(|e| {
             CliError::from(e)
