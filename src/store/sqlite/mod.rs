@@ -164,23 +164,14 @@ impl SqliteStore {
         // so that the checkpoint's fsync is never on a commit's path.
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
         let (jobs, queue) = mpsc::channel();
-        let (dirty, committed) = mpsc::sync_channel(1);
-        let checkpoint_path = path.to_path_buf();
-        let checkpointer = std::thread::Builder::new()
-            .name("leasehold-sqlite-checkpoint".into())
-            .spawn(move || checkpoints(&checkpoint_path, committed))
-            .map_err(|e| LeaseError::storage(format!("cannot start the checkpoint thread: {e}")))?;
-        let wal_path = wal_path(path);
+        let db_path = path.to_path_buf();
         let writer = std::thread::Builder::new()
             .name("leasehold-sqlite-writer".into())
             .spawn(move || {
-                write_batches(&conn, queue, dirty);
-                // The checkpoint thread ends as soon as the writer has; wait for it, so that the
-                // closing checkpoint does not find the log busy with one of its own.
-                if checkpointer.join().is_err() {
-                    tracing::warn!("the SQLite checkpoint thread panicked");
-                }
-                checkpoint_on_close(&conn, &wal_path);
+                let mut checkpointer = Checkpointer::new(db_path);
+                write_batches(&conn, queue, &mut checkpointer);
+                checkpointer.stop();
+                checkpoint_on_close(&conn, &wal_path(&checkpointer.path));
             })
             .map_err(|e| LeaseError::storage(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
@@ -269,9 +260,81 @@ fn connect(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-/// The checkpoint thread: after commits, copies the write-ahead log into the database file
-/// (PASSIVE: never blocking the writer or readers), gathering the commits of a short while into
-/// one checkpoint. Ends, without a last checkpoint, as soon as the writer does.
+/// The checkpoint thread, owned by the writer: after commits, it copies the write-ahead log
+/// into the database file (PASSIVE: never blocking the writer or readers), gathering the
+/// commits of a short while into one checkpoint, so that the checkpoint's `fsync` is never on
+/// a commit's path.
+///
+/// It starts only once the process has shown it lives long enough to need it: at its second
+/// batch, or when the writer has been idle [`CHECKPOINT_DELAY`] after its first. A short-lived
+/// process (a CLI call commits once and exits) never starts it; the log it leaves is
+/// [`checkpoint_on_close`]'s to keep short.
+struct Checkpointer {
+    path: PathBuf,
+    running: Option<(mpsc::SyncSender<()>, JoinHandle<()>)>,
+    /// A batch committed while no thread was running.
+    unsignalled: bool,
+}
+
+impl Checkpointer {
+    fn new(path: PathBuf) -> Checkpointer {
+        Checkpointer {
+            path,
+            running: None,
+            unsignalled: false,
+        }
+    }
+
+    /// How long the writer may wait for its next write before [`Checkpointer::start`] is due
+    /// (`None`: as long as it likes).
+    fn patience(&self) -> Option<Duration> {
+        (self.running.is_none() && self.unsignalled).then_some(CHECKPOINT_DELAY)
+    }
+
+    /// Told after each batch.
+    fn committed(&mut self) {
+        match &self.running {
+            // If a checkpoint is already due, there is nothing to add.
+            Some((dirty, _)) => {
+                let _ = dirty.try_send(());
+            }
+            None if self.unsignalled => self.start(),
+            None => self.unsignalled = true,
+        }
+    }
+
+    /// Starts the thread, with the commits made so far to checkpoint. If it cannot start, the
+    /// writer's own automatic checkpoint still bounds the log.
+    fn start(&mut self) {
+        let (dirty, committed) = mpsc::sync_channel(1);
+        let path = self.path.clone();
+        match std::thread::Builder::new()
+            .name("leasehold-sqlite-checkpoint".into())
+            .spawn(move || checkpoints(&path, committed))
+        {
+            Ok(thread) => {
+                let _ = dirty.try_send(());
+                self.running = Some((dirty, thread));
+            }
+            Err(error) => tracing::warn!(%error, "cannot start the checkpoint thread"),
+        }
+        self.unsignalled = false;
+    }
+
+    /// Ends the thread, without a last checkpoint, and waits for it: the closing checkpoint
+    /// must not find the log busy with one of its own.
+    fn stop(&mut self) {
+        if let Some((dirty, thread)) = self.running.take() {
+            drop(dirty);
+            if thread.join().is_err() {
+                tracing::warn!("the SQLite checkpoint thread panicked");
+            }
+        }
+    }
+}
+
+/// The checkpoint thread's loop: see [`Checkpointer`]. Ends as soon as the writer drops its
+/// sender.
 fn checkpoints(path: &Path, committed: mpsc::Receiver<()>) {
     let mut conn = None;
     while committed.recv().is_ok() {
@@ -332,10 +395,24 @@ fn checkpoint_on_close(conn: &Connection, wal: &Path) {
 
 /// The writer thread: takes every write queued, runs them in one `BEGIN IMMEDIATE` transaction
 /// (see [`run_transaction`]), commits once, then answers each. Ends when the store is dropped.
-fn write_batches(conn: &Connection, queue: mpsc::Receiver<Job>, dirty: mpsc::SyncSender<()>) {
+fn write_batches(conn: &Connection, queue: mpsc::Receiver<Job>, checkpointer: &mut Checkpointer) {
     let settings = RefCell::new(SettingsCache::default());
     let fencing = RefCell::new(Fencing::default());
-    while let Ok(first) = queue.recv() {
+    loop {
+        let first = match checkpointer.patience() {
+            None => match queue.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+            Some(patience) => match queue.recv_timeout(patience) {
+                Ok(job) => job,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    checkpointer.start();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            },
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
@@ -344,8 +421,7 @@ fn write_batches(conn: &Connection, queue: mpsc::Receiver<Job>, dirty: mpsc::Syn
             }
         }
         run_batch(conn, &settings, &fencing, batch);
-        // Wake the checkpointer; if it is already due to run, there is nothing to add.
-        let _ = dirty.try_send(());
+        checkpointer.committed();
     }
 }
 
@@ -1413,6 +1489,27 @@ mod tests {
             .read(|tx| tx.query_leases(&LeaseQuery::default(), None, 0))
             .unwrap();
         assert_eq!(stored.len(), stores * each);
+    }
+
+    /// A store that lives on after its one write (the checkpoint thread starts when the writer
+    /// has been idle a while) gets its log copied into the database file without closing.
+    #[test]
+    fn a_long_lived_store_checkpoints_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("l.db");
+        let store = SqliteStore::open(&db, 0).unwrap();
+        store.write(|tx| tx.insert_lease(&lease(1))).unwrap();
+        let file_size = || std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+        let written = file_size();
+        // Polls for the background thread's work (not for any expiry), for at most 10 s.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while file_size() <= written && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            file_size() > written,
+            "the database file is still {written} bytes: no checkpoint ran"
+        );
     }
 
     /// Tokens handed out within a batch are counted in memory and stored once per batch: they
