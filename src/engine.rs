@@ -6,7 +6,7 @@
 //! [`Clock`].
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -37,7 +37,8 @@ type WriteDone<T> = Result<(T, Vec<HistoryEvent>)>;
 
 /// How many history events the live event channel buffers for slow subscribers. A subscriber
 /// that falls further behind is told how many it missed (and the server replays them from the
-/// history); the slots are allocated up front, so a short-lived CLI process pays for them.
+/// history). The slots (about 250 KiB) are allocated when the first subscriber comes, so a
+/// process that never subscribes (a CLI call) does not pay for them.
 const EVENT_BUFFER: usize = 1024;
 
 /// The lease engine over a store.
@@ -58,7 +59,8 @@ struct Inner<S> {
     clock: Arc<dyn Clock>,
     /// Woken whenever something may have freed a path: waiters in this process look again.
     changed: Arc<Notify>,
-    events: broadcast::Sender<HistoryEvent>,
+    /// The live event channel, made by the first subscriber.
+    events: OnceLock<broadcast::Sender<HistoryEvent>>,
 }
 
 /// One transaction's view: the store, the time and settings it decided with, and the history it
@@ -245,7 +247,6 @@ enum Attempt {
 impl<S: Store> Engine<S> {
     /// An engine over `store`, taking time from `clock`.
     pub fn new(store: S, clock: Arc<dyn Clock>) -> Engine<S> {
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
         let changed = Arc::new(Notify::new());
         // A store shared with other servers wakes our waiters when they free something.
         store.attach_waker(changed.clone());
@@ -254,7 +255,7 @@ impl<S: Store> Engine<S> {
                 store: Arc::new(store),
                 clock,
                 changed,
-                events,
+                events: OnceLock::new(),
             }),
         }
     }
@@ -266,7 +267,10 @@ impl<S: Store> Engine<S> {
 
     /// History events written by this process, as they commit.
     pub fn subscribe(&self) -> broadcast::Receiver<HistoryEvent> {
-        self.inner.events.subscribe()
+        self.inner
+            .events
+            .get_or_init(|| broadcast::channel(EVENT_BUFFER).0)
+            .subscribe()
     }
 
     /// Runs `f` in a write transaction on a blocking thread, then publishes its events and wakes
@@ -311,8 +315,11 @@ impl<S: Store> Engine<S> {
     fn finish_write<T>(&self, done: WriteDone<T>) -> Result<T> {
         let (value, events) = done?;
         let frees = events.iter().any(|e| frees_a_path(e.event_type));
-        for event in events {
-            let _ = self.inner.events.send(event);
+        // Before the first subscriber there is no channel, and nobody to miss the events.
+        if let Some(channel) = self.inner.events.get() {
+            for event in events {
+                let _ = channel.send(event);
+            }
         }
         if frees {
             self.inner.changed.notify_waiters();
