@@ -87,14 +87,12 @@ chmod 755 "$WORK"
 PIDS=()
 PG_STOP=()
 BENCH_PGID=""
-stop_all() {
+# Stops Redis, etcd and PostgreSQL (whichever were started), each once.
+stop_services() {
   local pid
-  if [ -n "$BENCH_PGID" ]; then
-    kill -TERM -- "-$BENCH_PGID" 2>/dev/null || true
-    wait "$BENCH_PGID" 2>/dev/null || true
-  fi
   if [ "${#PG_STOP[@]}" -gt 0 ]; then
     "${PG_STOP[@]}" >/dev/null 2>&1 || true
+    PG_STOP=()
   fi
   for pid in "${PIDS[@]}"; do
     kill "$pid" 2>/dev/null || true
@@ -102,6 +100,14 @@ stop_all() {
   for pid in "${PIDS[@]}"; do
     wait "$pid" 2>/dev/null || true
   done
+  PIDS=()
+}
+stop_all() {
+  if [ -n "$BENCH_PGID" ]; then
+    kill -TERM -- "-$BENCH_PGID" 2>/dev/null || true
+    wait "$BENCH_PGID" 2>/dev/null || true
+  fi
+  stop_services
   rm -rf "$WORK"
 }
 trap stop_all EXIT
@@ -203,8 +209,11 @@ fi
 bench_cargo compare "${ARGS[@]}" "${TARGETS[@]}"
 
 if wants leasehold; then
-  # Let the kernel write back what the run above left (its databases are deleted by now), so
-  # that the CLI's fsyncs do not queue behind it.
+  # The CLI bench needs none of the other services: stop them (PostgreSQL would otherwise
+  # vacuum and checkpoint what the run above left, beside the CLI), then let the kernel write
+  # back what the run left (its databases are deleted by now), so that the CLI's fsyncs do not
+  # queue behind it.
+  stop_services
   sync
   echo
   echo "## CLI (benches/cli_acquire.rs)"
