@@ -97,21 +97,10 @@ pub async fn open_database(
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<dyn LeaseEngine>> {
     let database = database.clone();
-    let now_ms = clock.now_ms();
     // Both drivers block: open on a blocking thread.
-    tokio::task::spawn_blocking(move || -> Result<Arc<dyn LeaseEngine>> {
-        Ok(match database {
-            Database::Sqlite(path) => {
-                Arc::new(Engine::new(SqliteStore::open(&path, now_ms)?, clock))
-            }
-            Database::Postgres(url) => Arc::new(Engine::new(
-                PgStore::open(&url, PgOptions::default())?,
-                clock,
-            )),
-        })
-    })
-    .await
-    .map_err(|e| LeaseError::storage(format!("opening the database failed: {e}")))?
+    tokio::task::spawn_blocking(move || open_here(&database, clock))
+        .await
+        .map_err(|e| LeaseError::storage(format!("opening the database failed: {e}")))?
 }
 
 /// [`open_database`] for a process with nothing else to run meanwhile (one CLI command, on a
@@ -123,12 +112,22 @@ pub(crate) async fn open_database_in_place(
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<dyn LeaseEngine>> {
     match database {
-        Database::Sqlite(path) => Ok(Arc::new(Engine::new(
-            SqliteStore::open(path, clock.now_ms())?,
-            clock,
-        ))),
+        Database::Sqlite(_) => open_here(database, clock),
         Database::Postgres(_) => open_database(database, clock).await,
     }
+}
+
+/// Opens the store at `database` on the calling thread, blocking it.
+fn open_here(database: &Database, clock: Arc<dyn Clock>) -> Result<Arc<dyn LeaseEngine>> {
+    Ok(match database {
+        Database::Sqlite(path) => {
+            Arc::new(Engine::new(SqliteStore::open(path, clock.now_ms())?, clock))
+        }
+        Database::Postgres(url) => Arc::new(Engine::new(
+            PgStore::open(url, PgOptions::default())?,
+            clock,
+        )),
+    })
 }
 
 #[cfg(test)]

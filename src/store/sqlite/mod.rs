@@ -165,14 +165,14 @@ impl SqliteStore {
         // so that the checkpoint's fsync is never on a commit's path.
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
         let (jobs, queue) = mpsc::channel();
-        let db_path = path.to_path_buf();
+        let (db, wal) = (path.to_path_buf(), beside(path, "-wal"));
         let writer = std::thread::Builder::new()
             .name("leasehold-sqlite-writer".into())
             .spawn(move || {
-                let mut checkpointer = Checkpointer::new(db_path);
+                let mut checkpointer = Checkpointer::new(db);
                 write_batches(&conn, queue, &mut checkpointer);
                 checkpointer.stop();
-                checkpoint_on_close(&conn, &wal_path(&checkpointer.path));
+                checkpoint_on_close(&conn, &wal);
             })
             .map_err(|e| LeaseError::storage(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
@@ -272,9 +272,15 @@ fn connect(path: &Path) -> Result<Connection> {
 /// [`checkpoint_on_close`]'s to keep short.
 struct Checkpointer {
     path: PathBuf,
-    running: Option<CheckpointThread>,
-    /// A batch committed while no thread was running.
-    unsignalled: bool,
+    state: CheckpointerState,
+}
+
+enum CheckpointerState {
+    /// No batch committed yet (or the thread could not start at the last try).
+    Idle,
+    /// One batch committed, and no thread yet.
+    OneBatch,
+    Running(CheckpointThread),
 }
 
 /// The running checkpoint thread, and how the writer signals it.
@@ -289,26 +295,25 @@ impl Checkpointer {
     fn new(path: PathBuf) -> Checkpointer {
         Checkpointer {
             path,
-            running: None,
-            unsignalled: false,
+            state: CheckpointerState::Idle,
         }
     }
 
     /// How long the writer may wait for its next write before [`Checkpointer::start`] is due
     /// (`None`: as long as it likes).
     fn patience(&self) -> Option<Duration> {
-        (self.running.is_none() && self.unsignalled).then_some(CHECKPOINT_DELAY)
+        matches!(self.state, CheckpointerState::OneBatch).then_some(CHECKPOINT_DELAY)
     }
 
     /// Told after each batch.
     fn committed(&mut self) {
-        match &self.running {
+        match &self.state {
             // If a checkpoint is already due, there is nothing to add.
-            Some(running) => {
+            CheckpointerState::Running(running) => {
                 let _ = running.dirty.try_send(());
             }
-            None if self.unsignalled => self.start(),
-            None => self.unsignalled = true,
+            CheckpointerState::OneBatch => self.start(),
+            CheckpointerState::Idle => self.state = CheckpointerState::OneBatch,
         }
     }
 
@@ -318,27 +323,31 @@ impl Checkpointer {
         let (dirty, committed) = mpsc::sync_channel(1);
         let stop = Arc::new(AtomicBool::new(false));
         let (path, stopping) = (self.path.clone(), stop.clone());
-        match std::thread::Builder::new()
+        self.state = match std::thread::Builder::new()
             .name("leasehold-sqlite-checkpoint".into())
             .spawn(move || checkpoints(&path, committed, &stopping))
         {
             Ok(thread) => {
                 let _ = dirty.try_send(());
-                self.running = Some(CheckpointThread {
+                CheckpointerState::Running(CheckpointThread {
                     dirty,
                     stop,
                     thread,
-                });
+                })
             }
-            Err(error) => tracing::warn!(%error, "cannot start the checkpoint thread"),
-        }
-        self.unsignalled = false;
+            Err(error) => {
+                tracing::warn!(%error, "cannot start the checkpoint thread");
+                CheckpointerState::Idle
+            }
+        };
     }
 
     /// Ends the thread, without a last checkpoint, and waits for it: the closing checkpoint
     /// must not find the log busy with one of its own.
     fn stop(&mut self) {
-        if let Some(running) = self.running.take() {
+        if let CheckpointerState::Running(running) =
+            std::mem::replace(&mut self.state, CheckpointerState::Idle)
+        {
             running.stop.store(true, Ordering::Release);
             running.thread.thread().unpark();
             drop(running.dirty);
@@ -381,11 +390,12 @@ fn checkpoints(path: &Path, committed: mpsc::Receiver<()>, stop: &AtomicBool) {
     }
 }
 
-/// The path of the write-ahead log of the database at `path`.
-fn wal_path(path: &Path) -> PathBuf {
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    PathBuf::from(wal)
+/// The file beside the database at `path` whose name is the database's plus `suffix` (how
+/// SQLite names its `-wal` and `-shm`, and leasehold its `-revocations`).
+pub(crate) fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 /// Run by the writer once its queue has closed: if the write-ahead log has grown past
@@ -1477,7 +1487,7 @@ mod tests {
     fn closing_stores_keep_the_log_short() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("l.db");
-        let wal = wal_path(&db);
+        let wal = beside(&db, "-wal");
         let size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
         let mut largest = 0;
         let mut emptied = 0;

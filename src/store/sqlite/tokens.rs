@@ -22,7 +22,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::error::{LeaseError, Result};
 use crate::model::TokenInfo;
-use crate::store::sqlite::{SqliteStore, BUSY_TIMEOUT};
+use crate::store::sqlite::{beside, SqliteStore, BUSY_TIMEOUT};
 use crate::store::TokenTable;
 use crate::time::Timestamp;
 
@@ -70,13 +70,11 @@ impl SqliteTokens {
     /// Opens the token table of the database at `path`, creating and migrating it if needed.
     pub fn open(path: &Path, now_ms: i64) -> Result<SqliteTokens> {
         drop(SqliteStore::open(path, now_ms)?);
-        let mut revocations = path.as_os_str().to_owned();
-        revocations.push("-revocations");
         Ok(SqliteTokens {
             path: path.to_path_buf(),
             conn: Mutex::new(connect(path)?),
             lookups: Mutex::new(Vec::new()),
-            revocations: PathBuf::from(revocations),
+            revocations: beside(path, "-revocations"),
             cache: Mutex::new(TokenCache::default()),
         })
     }
@@ -318,6 +316,18 @@ impl TokenTable for SqliteTokens {
 mod tests {
     use super::*;
 
+    /// A live, non-admin token of agent `alice`.
+    fn alices(id: &str) -> TokenInfo {
+        TokenInfo {
+            id: id.into(),
+            agent_id: "alice".into(),
+            admin: false,
+            created_at: Timestamp(0),
+            revoked_at: None,
+            last_used_at: None,
+        }
+    }
+
     /// The server calls `try_find_live` on its request threads: it answers from the file, and
     /// a read that would have to wait for a lock says so at once (the caller then takes a
     /// blocking thread) instead of waiting on the request thread.
@@ -326,15 +336,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("leases.db");
         let tokens = SqliteTokens::open(&path, 0).unwrap();
-        let info = TokenInfo {
-            id: "tok_1".into(),
-            agent_id: "alice".into(),
-            admin: false,
-            created_at: Timestamp(0),
-            revoked_at: None,
-            last_used_at: None,
-        };
-        tokens.insert(&info, "hash-1").unwrap();
+        tokens.insert(&alices("tok_1"), "hash-1").unwrap();
         let found = tokens.try_find_live("hash-1").unwrap().unwrap();
         assert_eq!(found.map(|t| t.agent_id), Some("alice".to_string()));
         assert_eq!(tokens.try_find_live("hash-2").unwrap().unwrap(), None);
@@ -361,15 +363,7 @@ mod tests {
         let server = SqliteTokens::open(&path, 0).unwrap();
         let cli = SqliteTokens::open(&path, 0).unwrap();
         for (id, hash) in [("tok_1", "hash-1"), ("tok_2", "hash-2")] {
-            let info = TokenInfo {
-                id: id.into(),
-                agent_id: "alice".into(),
-                admin: false,
-                created_at: Timestamp(0),
-                revoked_at: None,
-                last_used_at: None,
-            };
-            cli.insert(&info, hash).unwrap();
+            cli.insert(&alices(id), hash).unwrap();
         }
         assert!(server.find_live("hash-1").unwrap().is_some());
         assert!(server.try_find_live("hash-2").unwrap().unwrap().is_some());
