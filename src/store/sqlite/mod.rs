@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use rusqlite::config::DbConfig;
 use rusqlite::types::{ToSql, Value};
-use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 use uuid::Uuid;
 
 use crate::error::{LeaseError, Result};
@@ -48,6 +48,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 ];
 
 pub mod tokens;
+mod vfs;
 
 /// How long a write waits for another process's write lock before failing.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -232,10 +233,20 @@ impl Drop for SqliteStore {
     }
 }
 
+/// Opens a connection to the file at `path` through leasehold's VFS, which writes each commit's
+/// WAL frames with one call (see `vfs.rs`), or through SQLite's default one if that VFS could
+/// not be registered.
+pub(crate) fn open_file(path: &Path) -> Result<Connection> {
+    let opened = match vfs::name() {
+        Some(name) => Connection::open_with_flags_and_vfs(path, OpenFlags::default(), name),
+        None => Connection::open(path),
+    };
+    opened.map_err(|e| LeaseError::storage(format!("cannot open {}: {e}", path.display())))
+}
+
 /// Opens a connection set up for leasehold: busy timeout, WAL, `synchronous = NORMAL`.
 fn connect(path: &Path) -> Result<Connection> {
-    let conn = Connection::open(path)
-        .map_err(|e| LeaseError::storage(format!("cannot open {}: {e}", path.display())))?;
+    let conn = open_file(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     // Only a brand-new file takes this (before its first table and before WAL); an existing

@@ -179,8 +179,7 @@ impl SqliteTokens {
 }
 
 fn connect(path: &Path) -> Result<Connection> {
-    let conn = Connection::open(path)
-        .map_err(|e| LeaseError::storage(format!("cannot open {}: {e}", path.display())))?;
+    let conn = super::open_file(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     Ok(conn)
