@@ -77,7 +77,7 @@ fn now_ms() -> i64 {
 /// with status still `active`, as cleanup finds them).
 pub struct Fill {
     pub count: usize,
-    pub prefix: &'static str,
+    pub prefix: String,
     pub agent_prefix: &'static str,
     pub agents: usize,
     pub expires_in_ms: i64,
@@ -149,17 +149,20 @@ pub struct ScalePoint {
     pub alone: Round,
     /// `get_agent_leases` for an agent holding 10 leases.
     pub agent_listing: Samples,
-    /// Cleanup of `expired` leases already past their expiry, and how long it took.
-    pub cleanup: Option<(u64, Duration)>,
+    /// Each round's cleanup of `expired` leases already past their expiry: how many it
+    /// expired and how long it took.
+    pub cleanup: Vec<(u64, Duration)>,
 }
 
 /// Fills a fresh database with `active` live leases, runs the embedded workload on it (with
 /// every client, then with one client for a third of the time), times
-/// listing one agent's leases, and (when `expired` > 0) cleanup of `expired` lapsed leases.
+/// listing one agent's leases, and (when `expired` > 0) `cleanup_rounds` cleanups of `expired`
+/// lapsed leases each.
 pub async fn scale_point(
     dir: &Path,
     active: usize,
     expired: usize,
+    cleanup_rounds: usize,
     client_count: usize,
     warmup: Duration,
     measure: Duration,
@@ -171,7 +174,7 @@ pub async fn scale_point(
         let fills = [
             Fill {
                 count: active,
-                prefix: "fill",
+                prefix: "fill".into(),
                 agent_prefix: "holder-",
                 agents: 1000,
                 expires_in_ms: 3_600_000,
@@ -179,7 +182,7 @@ pub async fn scale_point(
             // The agent whose listing is timed: 10 leases among everyone else's.
             Fill {
                 count: 10,
-                prefix: "lister",
+                prefix: "lister".into(),
                 agent_prefix: "lister",
                 agents: 1,
                 expires_in_ms: 3_600_000,
@@ -213,23 +216,28 @@ pub async fn scale_point(
             return Err(format!("the lister holds {} leases, not 10", held.len()).into());
         }
     }
-    let mut cleanup = None;
-    if expired > 0 {
+    // Each round adds `expired` lapsed leases and times their cleanup; the report takes the
+    // median round, as for the throughput rounds.
+    let mut cleanup = Vec::new();
+    for round in 0..if expired > 0 { cleanup_rounds } else { 0 } {
         let filler = db.clone();
         tokio::task::spawn_blocking(move || {
             let lapsed = Fill {
                 count: expired,
-                prefix: "lapsed",
+                prefix: format!("lapsed{round}"),
                 agent_prefix: "lapsed-",
                 agents: 1000,
                 expires_in_ms: -1_000,
             };
-            prefill(&filler, &[lapsed], false).map_err(|e| e.to_string())
+            prefill(&filler, &[lapsed], false).map_err(|e| e.to_string())?;
+            // The kernel writes the load back now, not while the cleanup is timed.
+            unsafe { libc::sync() };
+            Ok::<_, String>(())
         })
         .await??;
         let t0 = Instant::now();
         let count = engine.cleanup_expired_leases().await?;
-        cleanup = Some((count, t0.elapsed()));
+        cleanup.push((count, t0.elapsed()));
     }
     // A large database leaves hundreds of megabytes for the kernel to write back: remove it and
     // wait for that here, so that the next measurement does not pay for it.

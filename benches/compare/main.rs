@@ -71,6 +71,9 @@ struct Args {
     /// Expired leases for the timed cleanup (in the large scale database).
     #[arg(long, default_value_t = 100_000)]
     cleanup_expired: usize,
+    /// Cleanups timed, each of `cleanup_expired` new lapsed leases; the median counts.
+    #[arg(long, default_value_t = 3)]
+    cleanup_rounds: usize,
     /// Leases kept alive by `LeaseGuard`s, and their TTL in milliseconds; the CPU is measured
     /// over one renewal period (a third of the TTL).
     #[arg(long, default_value_t = 10_000)]
@@ -102,6 +105,7 @@ impl Args {
         self.scale_small = 100;
         self.scale_large = 2_000;
         self.cleanup_expired = 1_000;
+        self.cleanup_rounds = 1;
         self.keepalive_leases = 200;
         // Renewals every 2 s: short, yet with room for a slow CI machine.
         self.keepalive_ttl_ms = 6_000;
@@ -121,6 +125,13 @@ impl Args {
     fn measure(&self) -> Duration {
         Duration::from_millis(self.measure_ms)
     }
+}
+
+/// The cleanup round of median time (the slower of the middle two), if any ran.
+fn median_cleanup(rounds: &[(u64, Duration)]) -> Option<(u64, Duration)> {
+    let mut sorted = rounds.to_vec();
+    sorted.sort_by_key(|(_, took)| *took);
+    sorted.get(sorted.len() / 2).copied()
 }
 
 const PARTS: &[&str] = &[
@@ -377,9 +388,16 @@ async fn run(args: &Args) -> Result<(), BoxError> {
             (args.scale_large, args.cleanup_expired),
         ] {
             eprintln!("compare: scale, {active} active leases");
-            let point =
-                embedded::scale_point(dir.path(), active, expired, args.clients, warmup, measure)
-                    .await?;
+            let point = embedded::scale_point(
+                dir.path(),
+                active,
+                expired,
+                args.cleanup_rounds,
+                args.clients,
+                warmup,
+                measure,
+            )
+            .await?;
             eprintln!("compare:   prefilled in {:.1?}", point.prefill);
             report.scale.push(point);
         }
@@ -549,11 +567,17 @@ fn print_report(args: &Args, report: &mut Report) {
         println!("| active leases | prefill | pairs/s | acquire p50 | acquire p99 | 1 client: acquire p50 | p99 | get_agent_leases p50 | p99 | cleanup |");
         println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for point in &mut report.scale {
-            let cleanup = match point.cleanup {
+            let cleanup = match median_cleanup(&point.cleanup) {
                 Some((count, took)) => format!(
-                    "{} expired in {}",
+                    "{} expired in {} (rounds: {})",
                     fmt_rate(count as f64),
-                    fmt_duration(Some(took))
+                    fmt_duration(Some(took)),
+                    point
+                        .cleanup
+                        .iter()
+                        .map(|(_, took)| fmt_duration(Some(*took)))
+                        .collect::<Vec<_>>()
+                        .join(" / ")
                 ),
                 None => "-".into(),
             };
@@ -591,13 +615,19 @@ fn print_report(args: &Args, report: &mut Report) {
                     format!("{} vs {}", fmt_duration(l), fmt_duration(s)),
                 ));
             }
-            if let Some((count, took)) = large.cleanup {
+            if let Some((count, took)) = median_cleanup(&large.cleanup) {
                 goals.push((
                     format!(
                         "5. cleanup of {} expired leases < 1 s",
                         fmt_rate(args.cleanup_expired as f64)
                     ),
-                    Some(took < Duration::from_secs(1) && count >= args.cleanup_expired as u64),
+                    Some(
+                        took < Duration::from_secs(1)
+                            && large
+                                .cleanup
+                                .iter()
+                                .all(|(count, _)| *count >= args.cleanup_expired as u64),
+                    ),
                     format!("{} ({} expired)", fmt_duration(Some(took)), count),
                 ));
             }
