@@ -696,8 +696,9 @@ fn attempt(
 }
 
 /// How many lapsed rows one cleanup transaction handles, so that a store taking a lock per path
-/// never needs an unbounded number of locks in one transaction.
-const CLEANUP_BATCH: usize = 500;
+/// never needs an unbounded number of locks in one transaction. A multiple of 32: the SQLite
+/// store writes rows 32 to a statement and any rest one at a time.
+const CLEANUP_BATCH: usize = 512;
 
 /// Marks one batch of lapsed rows: active leases `expired`, queue entries `failed`. Returns how
 /// many leases expired and whether more rows may be due.

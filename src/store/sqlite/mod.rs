@@ -5,7 +5,6 @@
 //! rows into domain types here and database errors into [`LeaseError::Storage`] in one place.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, LazyLock, Mutex};
@@ -1048,7 +1047,7 @@ impl<'a> EventRow<'a> {
 }
 
 /// `UPDATE` of [`ROWS_PER_STATEMENT`] leases whose expiry stays as it is (see
-/// `update_lease`), returning the `seq` of each row it matched.
+/// `update_lease`).
 static SAME_EXPIRY_UPDATES: LazyLock<String> = LazyLock::new(|| {
     let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; ROWS_PER_STATEMENT].join(", ");
     format!(
@@ -1058,8 +1057,7 @@ static SAME_EXPIRY_UPDATES: LazyLock<String> = LazyLock::new(|| {
              renewal_count = v.renewal_count, max_renewals = v.max_renewals,
              updated_at = v.updated_at, reason = v.reason
          FROM v WHERE leases.seq = v.seq AND leases.id = v.id
-             AND leases.expires_at = v.expires_at AND leases.ttl_ms = v.ttl_ms
-         RETURNING leases.seq"
+             AND leases.expires_at = v.expires_at AND leases.ttl_ms = v.ttl_ms"
     )
 });
 
@@ -1300,19 +1298,21 @@ impl StoreTx for SqliteTx<'_> {
 
     fn update_leases(&mut self, leases: &[Lease]) -> Result<()> {
         // Whole chunks in one statement each, for the updates that keep the expiry (as in
-        // `update_lease`); a lease the statement did not match (its expiry changed), and the
-        // rest of the list, go through `update_lease`.
+        // `update_lease`). A chunk the statement did not match whole (some expiry changed)
+        // goes again through `update_lease`, which writes the matched rows once more with the
+        // same values; so does the rest of the list. The count of changed rows says which case
+        // it is: a `RETURNING` clause, to tell the rows apart, cost cleanup an ephemeral table.
         let mut chunks = leases.chunks_exact(ROWS_PER_STATEMENT);
         for chunk in &mut chunks {
             let mut stmt = self.conn.prepare_cached(&SAME_EXPIRY_UPDATES)?;
             let changes: Vec<LeaseChange> = chunk.iter().map(LeaseChange::of).collect();
             let params = changes.iter().flat_map(|change| change.values());
-            let matched = stmt
-                .query_map(rusqlite::params_from_iter(params), |r| r.get::<_, i64>(0))?
-                .collect::<rusqlite::Result<HashSet<i64>>>()?;
+            let changed = stmt.execute(rusqlite::params_from_iter(params))?;
             drop(stmt);
-            for lease in chunk.iter().filter(|l| !matched.contains(&l.seq)) {
-                self.update_lease(lease)?;
+            if changed != chunk.len() {
+                chunk
+                    .iter()
+                    .try_for_each(|lease| self.update_lease(lease))?;
             }
         }
         chunks
