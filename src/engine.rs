@@ -733,7 +733,8 @@ fn cleanup_batch(cx: &mut Ctx<'_>) -> Result<(u64, bool)> {
             events.push(cx.event(event_type, lease, Some(before), reason));
         }
     }
-    cx.tx.update_leases(&due)?;
+    // Only the status and `updated_at` changed, on rows read in this transaction.
+    cx.tx.end_leases(&due)?;
     let stored = cx.tx.insert_history_many(&events)?;
     cx.events.extend(stored);
     Ok((expired, more))

@@ -119,6 +119,13 @@ pub trait StoreTx {
     fn update_leases(&mut self, leases: &[Lease]) -> Result<()> {
         leases.iter().try_for_each(|lease| self.update_lease(lease))
     }
+    /// Writes the new `status` and `updated_at` of leases read earlier in this same
+    /// transaction, whose other fields are as they were read (cleanup's path: many rows that
+    /// only ended). A store may write just those two columns; by default, as
+    /// [`StoreTx::update_leases`].
+    fn end_leases(&mut self, leases: &[Lease]) -> Result<()> {
+        self.update_leases(leases)
+    }
     /// The next fencing token.
     fn next_fencing_token(&mut self) -> Result<u64>;
     /// Leases matching `query`; with `include_inactive` false, only those active at `now_ms`.
