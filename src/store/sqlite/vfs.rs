@@ -184,6 +184,15 @@ unsafe fn flush(held: &mut Held, inner: *mut ffi::sqlite3_file) -> c_int {
     rc
 }
 
+/// Writes out what `file` holds; then its base VFS's handle, or the error of that write.
+unsafe fn flushed(file: *mut ffi::sqlite3_file) -> Result<*mut ffi::sqlite3_file, c_int> {
+    let (held, inner) = parts(file);
+    match flush(held, inner) {
+        ffi::SQLITE_OK => Ok(inner),
+        rc => Err(rc),
+    }
+}
+
 unsafe fn write_through(inner: *mut ffi::sqlite3_file, bytes: &[u8], offset: i64) -> c_int {
     #[cfg(test)]
     BASE_WRITES.with(|writes| writes.set(writes.get() + 1));
@@ -332,11 +341,10 @@ unsafe extern "C" fn wal_read(
     amount: c_int,
     offset: ffi::sqlite3_int64,
 ) -> c_int {
-    let (held, inner) = parts(file);
-    let rc = flush(held, inner);
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
+    let inner = match flushed(file) {
+        Ok(inner) => inner,
+        Err(rc) => return rc,
+    };
     match methods(inner).xRead {
         Some(read) => read(inner, data, amount, offset),
         None => ffi::SQLITE_IOERR_READ,
@@ -344,11 +352,10 @@ unsafe extern "C" fn wal_read(
 }
 
 unsafe extern "C" fn wal_truncate(file: *mut ffi::sqlite3_file, size: ffi::sqlite3_int64) -> c_int {
-    let (held, inner) = parts(file);
-    let rc = flush(held, inner);
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
+    let inner = match flushed(file) {
+        Ok(inner) => inner,
+        Err(rc) => return rc,
+    };
     match methods(inner).xTruncate {
         Some(truncate) => truncate(inner, size),
         None => ffi::SQLITE_IOERR_TRUNCATE,
@@ -356,12 +363,11 @@ unsafe extern "C" fn wal_truncate(file: *mut ffi::sqlite3_file, size: ffi::sqlit
 }
 
 unsafe extern "C" fn wal_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
-    let (held, inner) = parts(file);
-    let rc = flush(held, inner);
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    held.through_next = true;
+    let inner = match flushed(file) {
+        Ok(inner) => inner,
+        Err(rc) => return rc,
+    };
+    parts(file).0.through_next = true;
     match methods(inner).xSync {
         Some(sync) => sync(inner, flags),
         None => ffi::SQLITE_IOERR_FSYNC,
@@ -372,11 +378,10 @@ unsafe extern "C" fn wal_file_size(
     file: *mut ffi::sqlite3_file,
     size: *mut ffi::sqlite3_int64,
 ) -> c_int {
-    let (held, inner) = parts(file);
-    let rc = flush(held, inner);
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
+    let inner = match flushed(file) {
+        Ok(inner) => inner,
+        Err(rc) => return rc,
+    };
     match methods(inner).xFileSize {
         Some(file_size) => file_size(inner, size),
         None => ffi::SQLITE_IOERR_FSTAT,
@@ -416,11 +421,10 @@ unsafe extern "C" fn wal_file_control(
     op: c_int,
     arg: *mut c_void,
 ) -> c_int {
-    let (held, inner) = parts(file);
-    let rc = flush(held, inner);
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
+    let inner = match flushed(file) {
+        Ok(inner) => inner,
+        Err(rc) => return rc,
+    };
     methods(inner)
         .xFileControl
         .map_or(ffi::SQLITE_NOTFOUND, |control| control(inner, op, arg))
@@ -489,12 +493,11 @@ unsafe extern "C" fn wal_fetch(
     amount: c_int,
     out: *mut *mut c_void,
 ) -> c_int {
-    let (held, inner) = parts(file);
     *out = ptr::null_mut();
-    let rc = flush(held, inner);
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
+    let inner = match flushed(file) {
+        Ok(inner) => inner,
+        Err(rc) => return rc,
+    };
     match methods(inner).xFetch {
         Some(fetch) if methods(inner).iVersion >= 3 => fetch(inner, offset, amount, out),
         _ => ffi::SQLITE_OK,
