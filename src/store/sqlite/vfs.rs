@@ -15,9 +15,10 @@
 //! index:
 //!
 //! - a frame header is held back only if it is a plain one: page number set, commit size zero,
-//!   and the salt of the log's current generation (learned from the log header or a commit
-//!   frame), so a page that happens to be 24 bytes long is never taken for one; its page is held
-//!   back only if it is the next write, exactly after the header;
+//!   and the salt of the log's current generation (learned from the log header, as this
+//!   connection writes it or as it reads it from the file, or from a commit frame), so a page
+//!   that happens to be 24 bytes long is never taken for one; its page is held back only if it
+//!   is the next write, exactly after the header;
 //! - every other write (the log header, a commit frame, a page rewritten in place, a header
 //!   rewritten with new checksums) first writes out what is held, and then goes straight to the
 //!   file; so does the write after a sync, where SQLite may split a frame at a sector boundary;
@@ -242,15 +243,17 @@ unsafe fn read_salt(inner: *mut ffi::sqlite3_file) -> Option<[u8; 8]> {
 }
 
 unsafe fn kind(held: &mut Held, inner: *mut ffi::sqlite3_file, bytes: &[u8], offset: i64) -> Write {
-    if std::mem::take(&mut held.through_next) {
+    let through = std::mem::take(&mut held.through_next);
+    if offset == 0 && bytes.len() == WAL_HEADER {
+        // A new generation of the log (often just after a checkpoint's sync).
+        held.salt = Some(salt_of(&bytes[16..24]));
+        return Write::Other;
+    }
+    if through {
         return Write::Other;
     }
     if held.page_at == Some(offset) && held.end() == offset {
         return Write::HeldPage;
-    }
-    if offset == 0 && bytes.len() == WAL_HEADER {
-        held.salt = Some(salt_of(&bytes[16..24]));
-        return Write::Other;
     }
     if bytes.len() != FRAME_HEADER || offset < WAL_HEADER as i64 {
         return Write::Other;
@@ -618,6 +621,18 @@ mod tests {
         insert(&mut conn, 100..300, 1);
         assert_eq!(base_writes(), 4);
         assert_eq!(rows(&conn, 1), (300, 300));
+        // After a checkpoint that lets the log start over, the next transaction writes the new
+        // log header and syncs it, then its first frame goes straight to the file (it follows
+        // a sync), and the rest are held as before, under the new generation's salt.
+        let _: (i64, i64, i64) = conn
+            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        base_writes();
+        insert(&mut conn, 0..100, 2);
+        assert_eq!(base_writes(), 1 + 2 + 3);
+        assert_eq!(rows(&conn, 2).1, 100);
     }
 
     #[test]
