@@ -36,8 +36,11 @@ use std::sync::OnceLock;
 use rusqlite::ffi;
 
 /// The name connections open the VFS with.
-pub(super) const NAME: &str = "leasehold";
 const C_NAME: &CStr = c"leasehold";
+const NAME: &str = match C_NAME.to_str() {
+    Ok(name) => name,
+    Err(_) => panic!("the VFS name is not UTF-8"),
+};
 
 /// At most this many bytes are held back; a larger transaction is written in pieces. The base
 /// VFS writes at most this much in one call (it masks a write's length to 17 bits).
@@ -185,12 +188,16 @@ unsafe fn flush(held: &mut Held, inner: *mut ffi::sqlite3_file) -> c_int {
     rc
 }
 
-/// Writes out what `file` holds; then its base VFS's handle, or the error of that write.
-unsafe fn flushed(file: *mut ffi::sqlite3_file) -> Result<*mut ffi::sqlite3_file, c_int> {
+/// Writes out what `file` holds, then makes `call` on its base VFS's handle; or returns the
+/// error of that write.
+unsafe fn after_flush(
+    file: *mut ffi::sqlite3_file,
+    call: impl FnOnce(*mut ffi::sqlite3_file) -> c_int,
+) -> c_int {
     let (held, inner) = parts(file);
     match flush(held, inner) {
-        ffi::SQLITE_OK => Ok(inner),
-        rc => Err(rc),
+        ffi::SQLITE_OK => call(inner),
+        rc => rc,
     }
 }
 
@@ -344,51 +351,37 @@ unsafe extern "C" fn wal_read(
     amount: c_int,
     offset: ffi::sqlite3_int64,
 ) -> c_int {
-    let inner = match flushed(file) {
-        Ok(inner) => inner,
-        Err(rc) => return rc,
-    };
-    match methods(inner).xRead {
+    after_flush(file, |inner| match methods(inner).xRead {
         Some(read) => read(inner, data, amount, offset),
         None => ffi::SQLITE_IOERR_READ,
-    }
+    })
 }
 
 unsafe extern "C" fn wal_truncate(file: *mut ffi::sqlite3_file, size: ffi::sqlite3_int64) -> c_int {
-    let inner = match flushed(file) {
-        Ok(inner) => inner,
-        Err(rc) => return rc,
-    };
-    match methods(inner).xTruncate {
+    after_flush(file, |inner| match methods(inner).xTruncate {
         Some(truncate) => truncate(inner, size),
         None => ffi::SQLITE_IOERR_TRUNCATE,
-    }
+    })
 }
 
 unsafe extern "C" fn wal_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
-    let inner = match flushed(file) {
-        Ok(inner) => inner,
-        Err(rc) => return rc,
-    };
-    parts(file).0.through_next = true;
-    match methods(inner).xSync {
-        Some(sync) => sync(inner, flags),
-        None => ffi::SQLITE_IOERR_FSYNC,
-    }
+    after_flush(file, |inner| {
+        parts(file).0.through_next = true;
+        match methods(inner).xSync {
+            Some(sync) => sync(inner, flags),
+            None => ffi::SQLITE_IOERR_FSYNC,
+        }
+    })
 }
 
 unsafe extern "C" fn wal_file_size(
     file: *mut ffi::sqlite3_file,
     size: *mut ffi::sqlite3_int64,
 ) -> c_int {
-    let inner = match flushed(file) {
-        Ok(inner) => inner,
-        Err(rc) => return rc,
-    };
-    match methods(inner).xFileSize {
+    after_flush(file, |inner| match methods(inner).xFileSize {
         Some(file_size) => file_size(inner, size),
         None => ffi::SQLITE_IOERR_FSTAT,
-    }
+    })
 }
 
 unsafe extern "C" fn wal_lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
@@ -424,13 +417,11 @@ unsafe extern "C" fn wal_file_control(
     op: c_int,
     arg: *mut c_void,
 ) -> c_int {
-    let inner = match flushed(file) {
-        Ok(inner) => inner,
-        Err(rc) => return rc,
-    };
-    methods(inner)
-        .xFileControl
-        .map_or(ffi::SQLITE_NOTFOUND, |control| control(inner, op, arg))
+    after_flush(file, |inner| {
+        methods(inner)
+            .xFileControl
+            .map_or(ffi::SQLITE_NOTFOUND, |control| control(inner, op, arg))
+    })
 }
 
 unsafe extern "C" fn wal_sector_size(file: *mut ffi::sqlite3_file) -> c_int {
@@ -497,14 +488,10 @@ unsafe extern "C" fn wal_fetch(
     out: *mut *mut c_void,
 ) -> c_int {
     *out = ptr::null_mut();
-    let inner = match flushed(file) {
-        Ok(inner) => inner,
-        Err(rc) => return rc,
-    };
-    match methods(inner).xFetch {
+    after_flush(file, |inner| match methods(inner).xFetch {
         Some(fetch) if methods(inner).iVersion >= 3 => fetch(inner, offset, amount, out),
         _ => ffi::SQLITE_OK,
-    }
+    })
 }
 
 unsafe extern "C" fn wal_unfetch(
