@@ -44,6 +44,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "agent_index_by_expiry",
         include_str!("migrations/0005_agent_index_by_expiry.sql"),
     ),
+    (
+        6,
+        "status_check_without_a_list",
+        include_str!("migrations/0006_status_check_without_a_list.sql"),
+    ),
 ];
 
 pub mod tokens;
@@ -1824,5 +1829,86 @@ mod tests {
             rows.iter().map(stored).collect::<Vec<_>>(),
             [false, false, true]
         );
+    }
+
+    /// A database made before migration 6 (which rebuilds `leases` for its status check) keeps
+    /// every lease as it was, its queue order, and its `seq` counter's high-water mark, and
+    /// the rebuilt table still refuses a status that does not exist.
+    #[test]
+    fn rebuilding_the_lease_table_keeps_its_rows_and_its_counter() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let old = MIGRATIONS
+            .iter()
+            .take_while(|m| m.0 < 6)
+            .collect::<Vec<_>>();
+        assert_eq!(old.len(), 5);
+        let mut kept = Vec::new();
+        {
+            let conn = open_file(&path).unwrap();
+            conn.pragma_update(None, "page_size", PAGE_SIZE).unwrap();
+            set_wal_mode(&conn).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,
+                     applied_at INTEGER NOT NULL, success INTEGER NOT NULL)",
+            )
+            .unwrap();
+            for (version, name, sql) in &old {
+                conn.execute_batch(sql).unwrap();
+                conn.execute(
+                    "INSERT INTO schema_migrations VALUES (?1, ?2, 0, 1)",
+                    params![version, name],
+                )
+                .unwrap();
+            }
+            let mut tx = SqliteTx {
+                conn: &conn,
+                settings: None,
+                fencing: None,
+            };
+            for n in 0..6 {
+                let mut row = lease(n);
+                row.status = [LeaseStatus::Active, LeaseStatus::Released][n % 2];
+                row.reason = (n == 3).then(|| "why".to_string());
+                row.seq = tx.insert_lease(&row).unwrap();
+                kept.push(row);
+            }
+            // The newest row goes, as if it had never been: its seq must not come back.
+            let gone = kept.pop().unwrap();
+            conn.execute("DELETE FROM leases WHERE seq = ?1", [gone.seq])
+                .unwrap();
+        }
+        let store = SqliteStore::open(&path, 0).unwrap();
+        let (stored, fresh) = store
+            .write(move |tx| {
+                let mut stored = Vec::new();
+                for row in &kept {
+                    stored.push((row.clone(), tx.lease(&row.id)?.unwrap()));
+                }
+                let fresh = tx.insert_lease(&lease(99))?;
+                Ok((stored, fresh))
+            })
+            .unwrap();
+        for (before, after) in &stored {
+            assert_eq!(before, after);
+        }
+        assert_eq!(fresh, stored.last().unwrap().0.seq + 2);
+        drop(store);
+        let conn = open_file(&path).unwrap();
+        let refused = conn.execute("UPDATE leases SET status = 'lost' WHERE seq = 1", []);
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("CHECK")),
+            "{refused:?}"
+        );
+        let version: i64 = conn
+            .query_row(
+                "SELECT max(version) FROM schema_migrations WHERE success = 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, 6);
     }
 }
