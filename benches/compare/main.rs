@@ -13,6 +13,7 @@ mod drive;
 mod embedded;
 mod etcd;
 mod floor;
+mod http_floor;
 mod postgres;
 mod redis;
 mod server;
@@ -40,8 +41,9 @@ struct Args {
     /// PostgreSQL to measure, as a connection URL (skipped when absent).
     #[arg(long)]
     postgres: Option<String>,
-    /// Run only these parts, comma-separated: redis, etcd, postgres, server, embedded, floor,
-    /// handoff, scale, keepalive; `leasehold` means every part but redis, etcd and postgres.
+    /// Run only these parts, comma-separated: redis, etcd, postgres, server, httpfloor,
+    /// embedded, floor, handoff, scale, keepalive; `leasehold` means every part but redis, etcd
+    /// and postgres.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Concurrent clients per target.
@@ -86,6 +88,9 @@ struct Args {
     /// Internal: run a leasehold server on this database and print its address.
     #[arg(long, hide = true, value_name = "DB")]
     serve_child: Option<PathBuf>,
+    /// Internal: run the HTTP floor's server and print its address.
+    #[arg(long, hide = true)]
+    http_floor_child: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -139,6 +144,7 @@ const PARTS: &[&str] = &[
     "etcd",
     "postgres",
     "server",
+    "httpfloor",
     "embedded",
     "floor",
     "handoff",
@@ -160,16 +166,19 @@ fn main() {
         args.smoke = true;
         args.only = vec!["leasehold".to_string()];
     }
-    if let Some(db) = args.serve_child.take() {
+    if args.serve_child.is_some() || args.http_floor_child {
         // The runtime `leasehold serve` runs on (`src/cli/mod.rs`): one thread for the HTTP
-        // side, beside the store's writer and checkpoint threads.
+        // side, beside the store's writer and checkpoint threads. The HTTP floor gets the same.
         let served = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(BoxError::from)
-            .and_then(|runtime| runtime.block_on(server::serve_child(db)));
+            .and_then(|runtime| match args.serve_child.take() {
+                Some(db) => runtime.block_on(server::serve_child(db)),
+                None => runtime.block_on(http_floor::serve_child()),
+            });
         if let Err(error) = served {
-            eprintln!("error: the leasehold server child failed: {error}");
+            eprintln!("error: a server child of the bench failed: {error}");
             std::process::exit(1);
         }
         return;
@@ -252,6 +261,17 @@ async fn run(args: &Args) -> Result<(), BoxError> {
             .collect::<Result<Vec<_>, _>>()?,
         _ => Vec::new(),
     };
+    let http_floor = if args.wants("httpfloor") {
+        let floor = server::ChildServer::start(&[std::ffi::OsStr::new("--http-floor-child")])?;
+        eprintln!(
+            "compare: HTTP floor (pid {}) on {}",
+            floor.pid(),
+            floor.addr
+        );
+        Some(floor)
+    } else {
+        None
+    };
     let embedded = if args.wants("embedded") {
         Some(embedded::open(&dir.path().join("embedded.db"))?)
     } else {
@@ -274,6 +294,7 @@ async fn run(args: &Args) -> Result<(), BoxError> {
     let mut m_etcd = Measurement::new("etcd (grant + txn + revoke)", "pair");
     let mut m_pg = Measurement::new("PostgreSQL (upsert + delete)", "pair");
     let mut m_server = Measurement::new("leasehold server (HTTP, SQLite)", "pair");
+    let mut m_http_floor = Measurement::new("HTTP floor (axum, same JSON, no leases)", "pair");
     let mut m_embedded = Measurement::new("leasehold embedded (library, SQLite)", "pair");
     let mut m_floor_1tx = Measurement::new("SQLite floor, 1 tx per acquire", "acquire");
     let mut m_floor_batched = Measurement::new(
@@ -317,6 +338,13 @@ async fn run(args: &Args) -> Result<(), BoxError> {
                 clients.push(server::HttpClient::connect(server.addr, token).await?);
             }
             m_server.add(drive::drive(clients, paths.clone(), warmup, measure).await);
+        }
+        if let Some(floor) = &http_floor {
+            let mut clients = Vec::new();
+            for k in 0..args.clients {
+                clients.push(server::HttpClient::connect(floor.addr, &format!("floor-{k}")).await?);
+            }
+            m_http_floor.add(drive::drive(clients, paths.clone(), warmup, measure).await);
         }
         if let Some(engine) = &embedded {
             let clients = embedded::clients(engine, args.clients);
@@ -362,6 +390,7 @@ async fn run(args: &Args) -> Result<(), BoxError> {
         m_etcd,
         m_pg,
         m_server,
+        m_http_floor,
         m_embedded,
         m_floor_1tx,
         m_floor_batched,
@@ -380,6 +409,7 @@ async fn run(args: &Args) -> Result<(), BoxError> {
         report.handoff = Some(server::handoff(server, args.handoffs).await?);
     }
     drop(server);
+    drop(http_floor);
     drop(embedded);
 
     if args.wants("scale") {
@@ -431,6 +461,7 @@ fn print_report(args: &Args, report: &mut Report) {
     };
     let redis_rate = rate_of(report, "Redis");
     let etcd_rate = rate_of(report, "etcd");
+    let http_floor_rate = rate_of(report, "HTTP floor");
 
     println!();
     println!(
@@ -503,14 +534,21 @@ fn print_report(args: &Args, report: &mut Report) {
         goals.push((
             "1. server pairs/s >= Redis / 2".into(),
             vs_redis,
-            match redis_rate {
-                Some(r) => format!(
-                    "{} vs {} / 2 = {}",
+            match (redis_rate, http_floor_rate) {
+                (Some(r), floor) => format!(
+                    "{} vs {} / 2 = {}{}",
                     fmt_rate(rate),
                     fmt_rate(r),
-                    fmt_rate(r / 2.0)
+                    fmt_rate(r / 2.0),
+                    floor
+                        .map(|f| format!(
+                            "; the HTTP floor, with no lease work, makes {} ({:.2}x Redis)",
+                            fmt_rate(f),
+                            f / r
+                        ))
+                        .unwrap_or_default()
                 ),
-                None => "Redis not measured".into(),
+                (None, _) => "Redis not measured".into(),
             },
         ));
         goals.push((

@@ -3,6 +3,7 @@
 //! every request crosses a real loopback connection. Each client is one agent with its own
 //! token and one keep-alive HTTP/1.1 connection.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,68 +38,41 @@ pub async fn serve_child(db: PathBuf) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// The server child process, stopped (SIGTERM, then waited for) when dropped.
-pub struct ServerProcess {
+/// A server in a child process of this binary (started with `args`), which prints its
+/// address on its first line; stopped (SIGTERM, then waited for) when dropped.
+pub struct ChildServer {
     child: Child,
     pub addr: SocketAddr,
-    pub db: PathBuf,
 }
 
-impl ServerProcess {
-    /// Starts the child on `db` (created if needed) and waits for its address.
-    pub fn start(db: &Path) -> Result<ServerProcess, BoxError> {
+impl ChildServer {
+    /// Starts the child and waits for its address.
+    pub fn start(args: &[&OsStr]) -> Result<ChildServer, BoxError> {
         let mut child = Command::new(std::env::current_exe()?)
-            .arg("--serve-child")
-            .arg(db)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or("no stdout from the server child")?;
+        let stdout = child.stdout.take().ok_or("no stdout from a server child")?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
-        let addr = match line.trim().parse() {
-            Ok(addr) => addr,
+        match line.trim().parse() {
+            Ok(addr) => Ok(ChildServer { child, addr }),
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("the server child did not start (said {line:?})").into());
+                Err(format!("a server child did not start (said {line:?})").into())
             }
-        };
-        Ok(ServerProcess {
-            child,
-            addr,
-            db: db.to_path_buf(),
-        })
+        }
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
-
-    /// `VmRSS` and `VmHWM` (peak) of the server process, in KiB.
-    pub fn memory_kib(&self) -> Option<(u64, u64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        };
-        Some((field("VmRSS:")?, field("VmHWM:")?))
-    }
-
-    /// A token for `agent` (written straight into the database the server reads).
-    pub fn token(&self, agent: &str) -> Result<String, BoxError> {
-        Ok(token_create(self.db.as_path(), agent, false)?.token)
-    }
 }
 
-impl Drop for ServerProcess {
+impl Drop for ChildServer {
     fn drop(&mut self) {
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
@@ -112,6 +86,47 @@ impl Drop for ServerProcess {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The leasehold server child process on its database.
+pub struct ServerProcess {
+    child: ChildServer,
+    pub addr: SocketAddr,
+    pub db: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts the child on `db` (created if needed) and waits for its address.
+    pub fn start(db: &Path) -> Result<ServerProcess, BoxError> {
+        let child = ChildServer::start(&[OsStr::new("--serve-child"), db.as_os_str()])?;
+        Ok(ServerProcess {
+            addr: child.addr,
+            child,
+            db: db.to_path_buf(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// `VmRSS` and `VmHWM` (peak) of the server process, in KiB.
+    pub fn memory_kib(&self) -> Option<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        };
+        Some((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
+    /// A token for `agent` (written straight into the database the server reads).
+    pub fn token(&self, agent: &str) -> Result<String, BoxError> {
+        Ok(token_create(self.db.as_path(), agent, false)?.token)
     }
 }
 
