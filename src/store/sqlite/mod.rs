@@ -680,7 +680,13 @@ fn keep_wal_file(conn: &Connection) {
 /// transaction under the write lock, so that processes opening a new file at once apply each
 /// migration exactly once and none of them sees a half-made schema.
 fn migrate(conn: &Connection, now_ms: i64) -> Result<()> {
-    let latest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+    migrate_with(conn, MIGRATIONS, now_ms)
+}
+
+/// [`migrate`] with the list of migrations given: the tests make databases of earlier
+/// versions with the first few.
+fn migrate_with(conn: &Connection, migrations: &[(i64, &str, &str)], now_ms: i64) -> Result<()> {
+    let latest = migrations.last().map(|m| m.0).unwrap_or(0);
     // Fast path for every open after the first: a read, no write lock.
     if schema_is_current(conn, latest).unwrap_or(false) {
         return Ok(());
@@ -707,7 +713,7 @@ fn migrate(conn: &Connection, now_ms: i64) -> Result<()> {
                  {latest}; upgrade leasehold"
             )));
         }
-        for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > newest) {
+        for (version, name, sql) in migrations.iter().filter(|m| m.0 > newest) {
             failed_version = Some((*version, *name));
             conn.execute_batch(sql)?;
             conn.execute(
@@ -1838,29 +1844,11 @@ mod tests {
     fn rebuilding_the_lease_table_keeps_its_rows_and_its_counter() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.db");
-        let old = MIGRATIONS
-            .iter()
-            .take_while(|m| m.0 < 6)
-            .collect::<Vec<_>>();
-        assert_eq!(old.len(), 5);
+        let before_6 = MIGRATIONS.iter().position(|m| m.0 == 6).unwrap();
         let mut kept = Vec::new();
         {
-            let conn = open_file(&path).unwrap();
-            conn.pragma_update(None, "page_size", PAGE_SIZE).unwrap();
-            set_wal_mode(&conn).unwrap();
-            conn.execute_batch(
-                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,
-                     applied_at INTEGER NOT NULL, success INTEGER NOT NULL)",
-            )
-            .unwrap();
-            for (version, name, sql) in &old {
-                conn.execute_batch(sql).unwrap();
-                conn.execute(
-                    "INSERT INTO schema_migrations VALUES (?1, ?2, 0, 1)",
-                    params![version, name],
-                )
-                .unwrap();
-            }
+            let conn = connect(&path).unwrap();
+            migrate_with(&conn, &MIGRATIONS[..before_6], 0).unwrap();
             let mut tx = SqliteTx {
                 conn: &conn,
                 settings: None,

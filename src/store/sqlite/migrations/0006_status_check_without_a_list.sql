@@ -3,9 +3,9 @@
 -- SQLite codes `status IN ('active', 'expired', 'released', 'pending', 'failed')` in a CHECK
 -- as a lookup in a temporary B-tree of the five strings, and builds that B-tree again for
 -- every row written (a constraint's code runs once per row, and a list of more than two
--- constants always takes the B-tree). That was about a third of the cost of an UPDATE that
--- ends leases, the bulk of a cleanup (see "The status check" in BENCHMARKS.md). A chain of
--- `=` tests is the same constraint at a few comparisons per row.
+-- constants always takes the B-tree): every lease insert and every status change paid for it.
+-- A chain of `=` tests is the same constraint at a few comparisons per row (measured in
+-- "The status check" in BENCHMARKS.md).
 --
 -- A CHECK cannot be changed in place, so the table is rebuilt as SQLite's documentation says
 -- for other schema changes: copy the rows into a new table, drop the old one, rename the new
