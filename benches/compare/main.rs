@@ -249,7 +249,7 @@ async fn run(args: &Args) -> Result<(), BoxError> {
         eprintln!(
             "compare: leasehold server (pid {}) on {}",
             server.pid(),
-            server.addr
+            server.addr()
         );
         Some(server)
     } else {
@@ -335,7 +335,7 @@ async fn run(args: &Args) -> Result<(), BoxError> {
         if let (Some(server), true) = (&server, args.wants("server")) {
             let mut clients = Vec::new();
             for token in &server_tokens {
-                clients.push(server::HttpClient::connect(server.addr, token).await?);
+                clients.push(server::HttpClient::connect(server.addr(), token).await?);
             }
             m_server.add(drive::drive(clients, paths.clone(), warmup, measure).await);
         }

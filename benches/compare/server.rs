@@ -92,7 +92,6 @@ impl Drop for ChildServer {
 /// The leasehold server child process on its database.
 pub struct ServerProcess {
     child: ChildServer,
-    pub addr: SocketAddr,
     pub db: PathBuf,
 }
 
@@ -101,10 +100,13 @@ impl ServerProcess {
     pub fn start(db: &Path) -> Result<ServerProcess, BoxError> {
         let child = ChildServer::start(&[OsStr::new("--serve-child"), db.as_os_str()])?;
         Ok(ServerProcess {
-            addr: child.addr,
             child,
             db: db.to_path_buf(),
         })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.child.addr
     }
 
     pub fn pid(&self) -> u32 {
@@ -316,9 +318,9 @@ pub struct Handoff {
 /// A holder takes a path; a waiter asks for it with `wait_ms` and is seen queued in
 /// `GET /v1/status`; the holder releases; the waiter's grant is timed. Then the waiter releases.
 pub async fn handoff(server: &ServerProcess, rounds: usize) -> Result<Handoff, BoxError> {
-    let mut holder = HttpClient::connect(server.addr, &server.token("handoff-holder")?).await?;
+    let mut holder = HttpClient::connect(server.addr(), &server.token("handoff-holder")?).await?;
     let mut waiter =
-        Some(HttpClient::connect(server.addr, &server.token("handoff-waiter")?).await?);
+        Some(HttpClient::connect(server.addr(), &server.token("handoff-waiter")?).await?);
     let mut result = Handoff {
         from_release_sent: Samples::default(),
         from_release_answered: Samples::default(),
